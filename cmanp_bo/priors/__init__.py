@@ -1,0 +1,5 @@
+"""Task samplers for meta-training."""
+
+from cmanp_bo.priors.gp1d import KERNELS, Batch, GPSampler, exact_gp_log_likelihood
+
+__all__ = ["KERNELS", "Batch", "GPSampler", "exact_gp_log_likelihood"]

@@ -1,0 +1,205 @@
+"""Meta-training loop: seeded, resumable, cosine learning rate, CUDA when present.
+
+    python -m cmanp_bo.train --out runs/gp1d-rbf --steps 20000          (or: cmanp-bo train ...)
+
+The run directory holds ``last.pt`` (everything needed to resume, written atomically every
+``checkpoint_every`` steps), ``curve.csv`` (held-out log-likelihood vs steps and wall time) and,
+at the end, ``model.pt`` + ``model.json`` (the shippable checkpoint and its model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cmanp_bo.checkpoint import save_checkpoint
+from cmanp_bo.nn import CMANP, CMANPConfig
+from cmanp_bo.priors import GPSampler
+
+
+@dataclass
+class TrainConfig:
+    """What a training run does; stored in the checkpoint and checked on resume."""
+
+    kernel: str = "rbf"
+    steps: int = 100_000
+    batch_size: int = 16
+    lr: float = 5e-4
+    seed: int = 0
+    eval_every: int = 1000
+    eval_batches: int = 50
+    checkpoint_every: int = 250
+    model: dict = field(default_factory=dict)  # CMANPConfig overrides
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def evaluate(net: CMANP, kernel: str, num_batches: int, batch_size: int = 16, seed: int = 10_000,
+             device: str = "cpu") -> tuple[float, float]:
+    """Mean target log-likelihood (joint for the AND head) and its standard error on a fixed,
+    seeded held-out set."""
+    sampler = GPSampler(kernel, seed=seed)
+    values = []
+    net.eval()
+    with torch.no_grad():
+        for _ in range(num_batches):
+            b = sampler.sample(batch_size)
+            xc, yc, xt, yt = (t.to(device) for t in (b.xc, b.yc, b.xt, b.yt))
+            state = net.encode(xc, yc)
+            ll = (net.joint_log_likelihood(state, xt, yt) if net.cfg.joint_head
+                  else net.log_likelihood(state, xt, yt))
+            values.append(ll.cpu())
+    net.train()
+    v = torch.cat(values).double()
+    return v.mean().item(), (v.std() / math.sqrt(len(v))).item()
+
+
+def _lr_factor(step: int, total: int) -> float:
+    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def train(
+    cfg: TrainConfig, out: str | os.PathLike, progress: bool = True, stop_after: int | None = None
+) -> Path | None:
+    """Train (or resume) a run in ``out``.
+
+    Args:
+        cfg: the run's settings (must equal those of an existing ``last.pt``).
+        out: run directory.
+        progress: show a progress bar with the loss and steps/s.
+        stop_after: stop (after saving ``last.pt``) once this step is reached, as an
+            interruption would; the run resumes from there.
+
+    Returns:
+        The path of the final ``model.pt``, or ``None`` when stopped early.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    last = out / "last.pt"
+    torch.manual_seed(cfg.seed)
+    net = CMANP(CMANPConfig(**cfg.model)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    sampler = GPSampler(cfg.kernel, seed=cfg.seed)
+    step, wall, curve = 0, 0.0, []
+    if last.exists():
+        ckpt = torch.load(last, map_location=device, weights_only=False)
+        if ckpt["train_config"] != asdict(cfg):
+            raise ValueError(
+                f"{last} was written by a different configuration:\n{ckpt['train_config']}\n"
+                f"vs now\n{asdict(cfg)}\nuse another --out or the same settings"
+            )
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sampler.gen.set_state(ckpt["sampler_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        step, wall, curve = ckpt["step"], ckpt["wall_time"], ckpt["curve"]
+
+    def save_last() -> None:
+        tmp = out / "last.pt.tmp"
+        torch.save({
+            "train_config": asdict(cfg), "model": net.state_dict(), "optimizer": opt.state_dict(),
+            "sampler_rng": sampler.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "step": step, "wall_time": wall, "curve": curve,
+        }, tmp)
+        os.replace(tmp, last)
+
+    def write_curve() -> None:
+        with open(out / "curve.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "wall_time_s", "heldout_ll", "heldout_se"])
+            w.writerows(curve)
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True, mininterval=5,
+               desc=f"train {out.name}")
+    t0, ema = time.perf_counter(), None
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * _lr_factor(step, cfg.steps)
+        b = sampler.sample(cfg.batch_size)
+        loss = net.loss(*(t.to(device) for t in (b.xc, b.yc, b.xt, b.yt)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        now = time.perf_counter()
+        wall, t0 = wall + (now - t0), now
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            ll, se = evaluate(net, cfg.kernel, cfg.eval_batches, device=device)
+            curve.append([step, round(wall, 1), round(ll, 4), round(se, 4)])
+            bar.write(f"step {step}: held-out LL {ll:.3f} +- {se:.3f} ({wall / 60:.1f} min)")
+            write_curve()
+            t0 = time.perf_counter()  # evaluation time is not training time
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
+            save_last()
+        if step == stop_after:
+            bar.close()
+            return None
+    bar.close()
+    write_curve()
+    card = {
+        "prior": f"1-D GP ({cfg.kernel}), paper protocol: x~U[-2,2], Nc~U{{3..46}}, "
+                 "Nt~U{3..49-Nc}, lengthscale~U[0.1,0.6), scale~U[0.1,1.0), noise std 0.02",
+        "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": "cosine to 0",
+        "seed": cfg.seed, "wall_time_s": round(wall, 1), "hardware": hardware(),
+        "torch": torch.__version__, "heldout_curve": curve,
+    }
+    final = out / "model.pt"
+    save_checkpoint(net.cpu(), final, card)
+    return final
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run directory (resumes if it holds last.pt)")
+    p.add_argument("--kernel", default="rbf", choices=["rbf", "matern", "periodic"])
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--eval-batches", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--model", default="{}",
+                   help='JSON of CMANPConfig overrides, e.g. \'{"num_layers": 4, "joint_head": true}\'')
+
+
+def run_from_args(args: argparse.Namespace) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(
+        kernel=args.kernel, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, eval_every=args.eval_every, eval_batches=args.eval_batches,
+        checkpoint_every=args.checkpoint_every, model=json.loads(args.model),
+    )
+    CMANPConfig(**cfg.model)  # fail early on a bad architecture
+    path = train(cfg, args.out)
+    print(f"wrote {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
