@@ -140,7 +140,7 @@ def train(
         wall, t0 = wall + (now - t0), now
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}", refresh=False)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ll, se = evaluate(net, cfg.kernel, cfg.eval_batches, device=device)
             curve.append([step, round(wall, 1), round(ll, 4), round(se, 4)])

@@ -1,0 +1,681 @@
+"""``CMANPModel``: a pretrained CMANP as a BoTorch ``Model``.
+
+The network conditions on the observations in context (no fitting) and absorbs new ones with its
+constant-cost streaming update. The posterior is a ``GPyTorchPosterior`` over a
+``MultivariateNormal`` whose covariance is joint over the q points (from the network's joint head),
+so every BoTorch acquisition function, sampler and posterior transform works with it.
+
+Data flow (per point)::
+
+    X -> input_transform -> pad to the network's dim_x -> net
+    Y -> outcome_transform -> outcome frame (frozen standardisation) -> net
+
+The outcome frame is owned by the model: a neural process embeds y non-linearly, so re-scaling old
+y would invalidate the absorbed state. The frame stays frozen while points are absorbed and is
+re-based (all data re-encoded in a fresh frame) when the number of points has grown by
+``rebase_factor`` since the last base: O(n) work every time n doubles, O(1) amortised per point.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from botorch.acquisition.objective import PosteriorTransform
+from botorch.exceptions.errors import InputDataError, UnsupportedError
+from botorch.exceptions.warnings import InputDataWarning
+from botorch.models.model import FantasizeMixin, Model
+from botorch.models.transforms.input import InputTransform
+from botorch.models.transforms.outcome import OutcomeTransform
+from botorch.posteriors.gpytorch import GPyTorchPosterior
+from botorch.posteriors.posterior import Posterior
+from botorch.sampling.pathwise.posterior_samplers import DrawMatheronPaths
+from botorch.utils.datasets import SupervisedDataset
+from gpytorch.distributions import MultivariateNormal
+from gpytorch.likelihoods import GaussianLikelihood
+from gpytorch.models import GP
+from torch import Tensor
+
+from cmanp_bo.nn import CMANP, ContextState
+
+# Points embedded at a time when (re-)encoding a whole data set: bounds peak memory.
+ENCODE_BLOCK = 4096
+# Targets decoded jointly at a time; larger q are assembled block by block (the joint head's
+# correlations only depend on each target's own features, so blocks of a pair are exact).
+JOINT_BLOCK = 512
+# Relative jitter on the function variance: identical points keep correlation 1 - 1e-10, and the
+# covariance stays Cholesky-factorizable in float64 without GPyTorch's jitter warnings.
+JITTER = 1e-10
+# How far outside the unit cube (after the input transform) training inputs may lie unwarned.
+UNIT_CUBE_TOLERANCE = 0.1
+# Standard deviations below this are treated as a constant outcome (as BoTorch's Standardize).
+MIN_STD = 1e-8
+# Constructor options that Ax may forward through ``model_options``.
+_MODEL_OPTIONS = ("checkpoint", "rebase_factor", "outcome_frame")
+
+
+# ------------------------------------------------------------------------------------ frame
+@dataclass(frozen=True)
+class OutcomeFrame:
+    """Frozen standardisation of the outcomes fed to the network: ``(y - mean) / std``.
+
+    Attributes:
+        mean: ``batch_shape`` tensor (outcome-transformed units).
+        std: ``batch_shape`` tensor, positive.
+        num_points: observations the frame was computed from (drives the re-base schedule).
+    """
+
+    mean: Tensor
+    std: Tensor
+    num_points: int
+
+    @classmethod
+    def from_data(cls, Y: Tensor) -> OutcomeFrame:
+        """The frame of ``Y`` (``batch_shape x n x 1``): its mean and unbiased std over ``n``.
+
+        A single point or a constant outcome gets ``std = 1`` (as BoTorch's ``Standardize``).
+        """
+        y = Y.squeeze(-1)
+        mean = y.mean(dim=-1)
+        if y.shape[-1] < 2:
+            std = torch.ones_like(mean)
+        else:
+            std = y.std(dim=-1)
+            std = torch.where(std >= MIN_STD, std, torch.ones_like(std))
+        return cls(mean.detach(), std.detach(), y.shape[-1])
+
+    def apply(self, Y: Tensor) -> Tensor:
+        """``batch_shape x n x 1`` outcomes in network units."""
+        return (Y - self.mean[..., None, None]) / self.std[..., None, None]
+
+
+# ------------------------------------------------------------------------------------ history
+@dataclass(frozen=True)
+class _History:
+    """Persistent (shared, append-only) list of the absorbed data, for re-basing.
+
+    ``X`` is transformed and padded, ``Y`` outcome-transformed (not in the frame). Appending is O(1)
+    and leaves every model that shares the older list unchanged.
+    """
+
+    parent: _History | None
+    X: Tensor
+    Y: Tensor
+
+    def chunks(self) -> list[tuple[Tensor, Tensor]]:
+        out, node = [], self
+        while node is not None:
+            out.append((node.X, node.Y))
+            node = node.parent
+        return out[::-1]
+
+    def concatenated(self) -> tuple[Tensor, Tensor]:
+        """All data as ``batch_shape x n x d`` and ``batch_shape x n x 1`` (batches broadcast)."""
+        chunks = self.chunks()
+        batch = torch.broadcast_shapes(*(c.shape[:-2] for pair in chunks for c in pair))
+        X = torch.cat([x.expand(*batch, *x.shape[-2:]) for x, _ in chunks], dim=-2)
+        Y = torch.cat([y.expand(*batch, *y.shape[-2:]) for _, y in chunks], dim=-2)
+        return X, Y
+
+
+# ------------------------------------------------------------------------------------ network
+def resolve_network(checkpoint: str | Path | CMANP, dim_x: int, device: torch.device) -> CMANP:
+    """The float64, frozen, eval-mode network for ``checkpoint``.
+
+    ``"default"``, a shipped name or a path are loaded once per process and shared between models
+    (they are never modified); a ``CMANP`` instance is copied, so the caller's object is untouched.
+    """
+    if isinstance(checkpoint, CMANP):
+        return _freeze(copy.deepcopy(checkpoint).to(device=device, dtype=torch.float64))
+    if not isinstance(checkpoint, (str, Path)):
+        raise UnsupportedError(
+            f"checkpoint must be 'default', a shipped name, a path to a .pt file or a CMANP, "
+            f"got {type(checkpoint).__name__}"
+        )
+    from cmanp_bo import pretrained
+
+    if isinstance(checkpoint, str) and checkpoint == "default":
+        return _shared_network("default", dim_x, str(device))
+    if isinstance(checkpoint, str) and checkpoint in pretrained.available():
+        return _shared_network(f"name:{checkpoint}", 0, str(device))
+    path = Path(checkpoint)
+    if path.suffix == ".pt" or path.exists():
+        path = path.resolve()
+        stat = path.stat() if path.exists() else None
+        key = f"path:{path}:{stat.st_mtime_ns if stat else 0}:{stat.st_size if stat else 0}"
+        return _shared_network(key, 0, str(device))
+    raise UnsupportedError(
+        f"unknown checkpoint {checkpoint!r}: pass 'default', one of "
+        f"{pretrained.available() or 'no shipped checkpoints'}, a path to a .pt file or a CMANP"
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_network(key: str, dim_x: int, device: str) -> CMANP:
+    from cmanp_bo import pretrained
+    from cmanp_bo.checkpoint import load_checkpoint
+
+    if key == "default":
+        net = pretrained.default_bo_network(dim_x, torch.float64)
+    elif key.startswith("name:"):
+        net = pretrained.load(key[len("name:") :], torch.float64)
+    else:
+        net = load_checkpoint(key[len("path:") :].rsplit(":", 2)[0], dtype=torch.float64)
+    return _freeze(net.to(device))
+
+
+def _freeze(net: CMANP) -> CMANP:
+    # Latents are cached on a state only when no autograd graph reaches them.
+    return net.requires_grad_(False).eval()
+
+
+# ------------------------------------------------------------------------------------ model
+class CMANPModel(Model, FantasizeMixin, GP):
+    r"""A pretrained Constant Memory Attentive Neural Process as a BoTorch model.
+
+    Conditions on ``(train_X, train_Y)`` in one streamed forward pass (nothing is fitted) and
+    absorbs new observations through ``condition_on_observations`` at a cost independent of the
+    number already absorbed. One outcome per model (use ``ModelList`` for several).
+
+    Example:
+        >>> model = CMANPModel(train_X, train_Y)            # n x d in [0, 1]^d, n x 1
+        >>> acqf = qLogNoisyExpectedImprovement(model, X_baseline=train_X)
+        >>> model = model.condition_on_observations(x_new, y_new)
+    """
+
+    _num_outputs = 1
+
+    def __init__(
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        train_Yvar: Tensor | None = None,
+        input_transform: InputTransform | None = None,
+        outcome_transform: OutcomeTransform | None = None,
+        *,
+        checkpoint: str | Path | CMANP = "default",
+        rebase_factor: float | None = 2.0,
+        outcome_frame: OutcomeFrame | None = None,
+    ) -> None:
+        r"""
+        Args:
+            train_X: ``batch_shape x n x d`` training inputs. Without an input transform they
+                should lie in the unit cube (pass ``Normalize(d=d)`` otherwise).
+            train_Y: ``batch_shape x n x 1`` training outcomes.
+            train_Yvar: ``batch_shape x n x 1`` observed noise variances. Accepted for API
+                compatibility but NOT used: the network infers the noise level from the data in
+                context and cannot take known variances (a warning says so).
+            input_transform: applied to ``X`` as in ``SingleTaskGP`` (learned on ``train_X`` at
+                construction, then frozen).
+            outcome_transform: applied to ``Y`` as in ``SingleTaskGP`` (learned on ``train_Y``);
+                the posterior is returned in the original outcome space. ``None`` by default:
+                the model's own outcome frame already standardises ``Y``.
+            checkpoint: ``"default"`` (the shipped BO checkpoint), a shipped checkpoint name, a
+                path to a ``.pt`` checkpoint or a ``CMANP`` instance (copied).
+            rebase_factor: re-base the outcome frame when the number of absorbed points reaches
+                ``rebase_factor`` times the number the frame was computed from (``None``: never).
+            outcome_frame: use this frame instead of computing it from ``train_Y`` (e.g. to
+                rebuild a model in the frame of another one).
+        """
+        super().__init__()
+        train_X, train_Y = _validate_data(train_X, train_Y, "train_X", "train_Y")
+        if train_Yvar is not None:
+            _validate_finite(train_Yvar, "train_Yvar")
+            _warn_noise_unused("train_Yvar")
+        if rebase_factor is not None and not rebase_factor > 1:
+            raise UnsupportedError(f"rebase_factor must be > 1 or None, got {rebase_factor!r}")
+        if outcome_frame is not None and not isinstance(outcome_frame, OutcomeFrame):
+            raise UnsupportedError(
+                f"outcome_frame must be an OutcomeFrame, got {type(outcome_frame).__name__}"
+            )
+        net = resolve_network(checkpoint, train_X.shape[-1], train_X.device)
+        if train_X.shape[-1] > net.cfg.dim_x:
+            raise UnsupportedError(
+                f"train_X has d={train_X.shape[-1]} input dimensions but the checkpoint supports "
+                f"at most {net.cfg.dim_x}; drop or embed dimensions, or pass a checkpoint trained "
+                f"for d={train_X.shape[-1]}"
+            )
+        if not net.cfg.joint_head and net.cfg.dim_y != 1:
+            raise UnsupportedError(f"the checkpoint has dim_y={net.cfg.dim_y}; CMANPModel needs 1")
+        X, Y = _learn_transforms(train_X, train_Y, input_transform, outcome_transform)
+        _warn_outside_unit_cube(X)
+        # Hidden from the module tree: shared between models, kept in float64, and out of the
+        # state dict (Ax reloads state dicts across data sizes).
+        object.__setattr__(self, "_net", net)
+        self._dim = train_X.shape[-1]
+        self._rebase_factor = rebase_factor
+        self.likelihood = GaussianLikelihood()  # placeholder so a user's ExactMarginalLogLikelihood
+        self.likelihood.requires_grad_(False)  # builds; the noise comes from the network
+        if input_transform is not None:
+            self.input_transform = input_transform
+        if outcome_transform is not None:
+            self.outcome_transform = outcome_transform
+        X = self._pad(X.to(torch.float64))
+        Y = Y.to(torch.float64)
+        self._frame = OutcomeFrame.from_data(Y) if outcome_frame is None else outcome_frame
+        self._history = _History(None, X, Y)
+        self._state = net.encode(X, self._frame.apply(Y), block_size=ENCODE_BLOCK)
+        self.to(train_X)
+
+    # -------------------------------------------------------------------------------- basics
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """Batch shape of the absorbed data (e.g. ``num_fantasies x b`` after ``fantasize``)."""
+        return self._state.batch_shape
+
+    @property
+    def network(self) -> CMANP:
+        """The (frozen, float64, shared) network."""
+        return self._net
+
+    @property
+    def context_state(self) -> ContextState:
+        """The absorbed data as the network's constant-size state (in the outcome frame)."""
+        return self._state
+
+    @property
+    def outcome_frame(self) -> OutcomeFrame:
+        return self._frame
+
+    @property
+    def num_points(self) -> int:
+        """Observations absorbed so far."""
+        return self._state.num_points
+
+    def subset_output(self, idcs: list[int]) -> Model:
+        if list(idcs) == [0]:
+            return self
+        raise NotImplementedError("CMANPModel has one output; only subset_output([0]) is defined")
+
+    def custom_fit(self, mll: Any = None, **kwargs: Any) -> Any:
+        """No-op so ``fit_gpytorch_mll(mll)`` works: the network is pretrained."""
+        if mll is not None:
+            mll.eval()
+        return mll
+
+    def _set_transformed_inputs(self) -> None:
+        # No train_inputs to swap: the transformed data already live in the context state.
+        pass
+
+    def _revert_to_original_inputs(self) -> None:
+        pass
+
+    @classmethod
+    def construct_inputs(cls, training_data: SupervisedDataset, **kwargs: Any) -> dict[str, Any]:
+        """Model keyword arguments from a dataset; keeps the CMANP options found in ``kwargs``."""
+        inputs = super().construct_inputs(training_data)
+        inputs.update({k: v for k, v in kwargs.items() if k in _MODEL_OPTIONS})
+        return inputs
+
+    # -------------------------------------------------------------------------------- posterior
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: list[int] | None = None,
+        observation_noise: bool | Tensor = False,
+        posterior_transform: PosteriorTransform | None = None,
+        independent: bool = False,
+        **kwargs: Any,
+    ) -> Posterior:
+        r"""Joint posterior over the ``q`` points of each t-batch.
+
+        Args:
+            X: ``batch_shape x q x d`` inputs (``q x d``, ``b x q x d``, ``b1 x b2 x q x d``, ...);
+                ``batch_shape`` broadcasts with the model's batch shape.
+            output_indices: ``None`` or ``[0]`` (one output).
+            observation_noise: ``False``: the latent function (identical points are perfectly
+                correlated). ``True``: add the network's predicted noise variance. A
+                ``batch_shape x q x 1`` tensor: add that variance (outcome-transformed units).
+            posterior_transform: applied last (e.g. ``ScalarizedPosteriorTransform``).
+            independent: return marginals only (diagonal covariance). Needed for ``q > 1`` with
+                a network without a joint head; never chosen silently.
+
+        Returns:
+            A ``GPyTorchPosterior`` over a ``MultivariateNormal`` with ``broadcast_batch x q``
+            mean and ``broadcast_batch x q x q`` covariance, in ``X.dtype``.
+        """
+        if output_indices is not None and list(output_indices) != [0]:
+            raise UnsupportedError(f"CMANPModel has one output; got output_indices={output_indices}")
+        self.eval()
+        _validate_inputs(X, self._dim, "X")
+        X_tf = self.transform_inputs(X)
+        Z = self._pad(X_tf.to(torch.float64))
+        mean, cov, noise_var = self._frame_moments(Z, independent)
+        # From network units to outcome-transformed units.
+        shift, scale = self._frame.mean[..., None], self._frame.std[..., None]
+        mean = shift + scale * mean
+        cov = cov * (scale.unsqueeze(-1) * scale.unsqueeze(-2))
+        if observation_noise is True:
+            cov = cov + torch.diag_embed(noise_var * scale.pow(2))
+        elif isinstance(observation_noise, Tensor):
+            noise = observation_noise.to(cov).squeeze(-1) if observation_noise.dim() > 1 else (
+                observation_noise.to(cov)
+            )
+            cov = cov + torch.diag_embed(noise.expand(cov.shape[:-1]))
+        elif observation_noise is not False:
+            raise UnsupportedError(
+                f"observation_noise must be a bool or a Tensor, got {type(observation_noise)}"
+            )
+        posterior = GPyTorchPosterior(MultivariateNormal(mean.to(X.dtype), cov.to(X.dtype)))
+        if hasattr(self, "outcome_transform"):
+            posterior = self.outcome_transform.untransform_posterior(posterior, X=X_tf)
+        if posterior_transform is not None:
+            return posterior_transform(posterior=posterior, X=X_tf)
+        return posterior
+
+    def _frame_moments(self, Z: Tensor, independent: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, function covariance and noise variance in network units.
+
+        ``Z`` is ``batch_shape x q x dim_x`` (transformed, padded, float64).
+        """
+        net, state, q = self._net, self._state, Z.shape[-2]
+        if not net.cfg.joint_head:
+            if q > 1 and not independent:
+                raise UnsupportedError(
+                    "this checkpoint has no joint head, so it cannot give a joint posterior over "
+                    f"q={q} points; use a checkpoint with joint_head=True, evaluate q=1 with "
+                    "pending points fantasized via condition_on_observations, or pass "
+                    "independent=True to accept independent marginals"
+                )
+            # A marginal-only network does not separate noise: its variance includes it.
+            marginal = net.predict(state, Z)
+            var = marginal.variance.squeeze(-1)
+            return marginal.mean.squeeze(-1), torch.diag_embed(var), torch.zeros_like(var)
+        mean, cov, noise_var = _joint_in_blocks(net, state, Z, independent)
+        f_var = torch.diagonal(cov, dim1=-2, dim2=-1)
+        if independent:
+            cov = torch.diag_embed(f_var)
+        return mean, cov + torch.diag_embed(JITTER * f_var), noise_var
+
+    # -------------------------------------------------------------------------------- updates
+    def condition_on_observations(
+        self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any
+    ) -> CMANPModel:
+        r"""A new model that also holds ``(X, Y)``; this one is unchanged.
+
+        The old context is never re-encoded (except on a scheduled re-base of the outcome frame,
+        see ``rebase_factor``, which fantasies never trigger).
+
+        Args:
+            X: ``batch_shape x n' x d`` inputs in the original (untransformed) space.
+            Y: ``batch_shape' x n' x 1`` outcomes in the original space; ``batch_shape'`` may
+                have more leading dims than ``X`` (fantasies: ``num_fantasies x batch_shape``).
+            noise: observed noise variances; not used (the network infers noise), warned.
+
+        Returns:
+            A ``CMANPModel`` of batch shape ``broadcast(model, X, Y batch shapes)``.
+        """
+        self.eval()
+        if noise is not None:
+            _warn_noise_unused("noise")
+        X, Y = _validate_data(X, Y, "X", "Y", self._dim, allow_empty=True)
+        try:
+            batch = torch.broadcast_shapes(self.batch_shape, X.shape[:-2], Y.shape[:-2])
+        except RuntimeError:
+            raise InputDataError(
+                f"batch shapes do not broadcast: model {tuple(self.batch_shape)}, "
+                f"X {tuple(X.shape[:-2])}, Y {tuple(Y.shape[:-2])}"
+            ) from None
+        if X.shape[-2] == 0:
+            layers = tuple(s.expand(batch) for s in self._state.layers)
+            return self._with(ContextState(layers, self._state.num_points), self._frame,
+                              self._history)
+        X_tf = self._preprocess_inputs(X)
+        _warn_outside_unit_cube(X_tf)
+        Z = self._pad(X_tf.to(torch.float64))
+        Y = self._transform_outcomes(Y).to(torch.float64)
+        history = _History(self._history, Z, Y)
+        num_points = self._state.num_points + Z.shape[-2]
+        rebase = (
+            self._rebase_factor is not None
+            and batch == self.batch_shape
+            and num_points >= self._rebase_factor * self._frame.num_points
+        )
+        if rebase:
+            all_X, all_Y = history.concatenated()
+            frame = OutcomeFrame.from_data(all_Y)
+            state = self._net.encode(all_X, frame.apply(all_Y), block_size=ENCODE_BLOCK)
+            return self._with(state, frame, history)
+        state = self._net.update(self._state, Z, self._frame.apply(Y))
+        return self._with(state, self._frame, history)
+
+    def _with(self, state: ContextState, frame: OutcomeFrame, history: _History) -> CMANPModel:
+        new = copy.copy(self)  # shallow: shares the network; fresh module dicts below
+        new._parameters = dict(self._parameters)
+        new._buffers = dict(self._buffers)
+        # Transforms are copied (tiny) so no later train()/eval() couples two models.
+        new._modules = {
+            k: v if k == "likelihood" else copy.deepcopy(v) for k, v in self._modules.items()
+        }
+        new._state, new._frame, new._history = state, frame, history
+        return new
+
+    # -------------------------------------------------------------------------------- helpers
+    def _pad(self, Z: Tensor) -> Tensor:
+        # Extra network inputs are held at 0: under a stationary prior a constant input
+        # dimension is an irrelevant one.
+        extra = self._net.cfg.dim_x - Z.shape[-1]
+        return torch.nn.functional.pad(Z, (0, extra)) if extra else Z
+
+    def _preprocess_inputs(self, X: Tensor) -> Tensor:
+        if hasattr(self, "input_transform"):
+            return self.input_transform.preprocess_transform(X)
+        return X
+
+    def _transform_outcomes(self, Y: Tensor) -> Tensor:
+        if hasattr(self, "outcome_transform"):
+            Y, _ = self.outcome_transform(Y)
+        _validate_finite(Y, "Y after the outcome transform")
+        return Y
+
+
+# ------------------------------------------------------------------------------------ joint
+def _joint_in_blocks(
+    net: CMANP, state: ContextState, Z: Tensor, diagonal_only: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``net.joint_moments`` over ``q`` targets, assembled from blocks of ``JOINT_BLOCK``.
+
+    With ``diagonal_only`` only the diagonal blocks are computed (off-diagonal left at 0).
+    """
+    q = Z.shape[-2]
+    if q <= JOINT_BLOCK:
+        return net.joint_moments(state, Z)
+    starts = list(range(0, q, JOINT_BLOCK))
+    blocks = [Z[..., s : s + JOINT_BLOCK, :] for s in starts]
+    diag = [net.joint_moments(state, b) for b in blocks]
+    mean = torch.cat([m for m, _, _ in diag], dim=-1)
+    noise_var = torch.cat([v for _, _, v in diag], dim=-1)
+    rows: list[list[Tensor]] = [[None] * len(blocks) for _ in blocks]  # type: ignore[list-item]
+    for i, (_, c, _) in enumerate(diag):
+        rows[i][i] = c
+    for i in range(len(blocks)):
+        for j in range(i + 1, len(blocks)):
+            if diagonal_only:
+                off = diag[i][1].new_zeros(*diag[i][1].shape[:-1], blocks[j].shape[-2])
+            else:
+                pair = torch.cat([blocks[i], blocks[j]], dim=-2)
+                _, c_pair, _ = net.joint_moments(state, pair)
+                off = c_pair[..., : blocks[i].shape[-2], blocks[i].shape[-2] :]
+            rows[i][j], rows[j][i] = off, off.transpose(-1, -2)
+    cov = torch.cat([torch.cat(r, dim=-1) for r in rows], dim=-2)
+    return mean, cov, noise_var
+
+
+# ------------------------------------------------------------------------------------ checks
+def _validate_finite(T: Tensor, name: str) -> None:
+    if not isinstance(T, Tensor):
+        raise InputDataError(f"{name} must be a torch.Tensor, got {type(T).__name__}")
+    if not torch.isfinite(T).all():
+        bad = (~torch.isfinite(T)).sum().item()
+        raise InputDataError(
+            f"{name} contains {bad} NaN or inf value(s); remove or impute those observations"
+        )
+
+
+def _validate_inputs(X: Tensor, dim: int, name: str) -> None:
+    if not isinstance(X, Tensor) or not X.is_floating_point():
+        raise InputDataError(f"{name} must be a floating-point torch.Tensor")
+    if X.dim() < 2:
+        raise InputDataError(
+            f"{name} must have shape batch_shape x q x d (d={dim}), got {tuple(X.shape)}; "
+            f"use {name}.unsqueeze(0) for a single point"
+        )
+    if X.shape[-1] != dim:
+        raise InputDataError(
+            f"{name} has {X.shape[-1]} input dimensions but the model was built on d={dim}"
+        )
+    _validate_finite(X, name)
+
+
+def _validate_data(
+    X: Tensor, Y: Tensor, x_name: str, y_name: str, dim: int | None = None,
+    allow_empty: bool = False,
+) -> tuple[Tensor, Tensor]:
+    if not isinstance(X, Tensor) or not X.is_floating_point():
+        raise InputDataError(f"{x_name} must be a floating-point torch.Tensor")
+    if not isinstance(Y, Tensor) or not Y.is_floating_point():
+        raise InputDataError(f"{y_name} must be a floating-point torch.Tensor")
+    if X.dim() < 2:
+        raise InputDataError(f"{x_name} must have shape batch_shape x n x d, got {tuple(X.shape)}")
+    if Y.dim() < 2 or (Y.dim() == X.dim() - 1 and Y.shape == X.shape[:-1] and Y.shape[-1] != 1):
+        raise InputDataError(
+            f"{y_name} must have shape batch_shape x n x 1, got {tuple(Y.shape)}; "
+            f"use {y_name}.unsqueeze(-1)"
+        )
+    if Y.shape[-1] != 1:
+        raise UnsupportedError(
+            f"{y_name} has {Y.shape[-1]} outcomes (last dimension); CMANPModel models one: build "
+            f"one model per outcome and combine them with botorch.models.ModelList"
+        )
+    if X.shape[-2] != Y.shape[-2]:
+        raise InputDataError(
+            f"{x_name} holds {X.shape[-2]} points but {y_name} holds {Y.shape[-2]} "
+            f"(shapes {tuple(X.shape)} and {tuple(Y.shape)})"
+        )
+    if dim is not None and X.shape[-1] != dim:
+        raise InputDataError(
+            f"{x_name} has {X.shape[-1]} input dimensions but the model was built on d={dim}"
+        )
+    if X.shape[-2] == 0 and not allow_empty:
+        raise InputDataError(f"{x_name} holds no points; CMANPModel needs at least one observation")
+    _validate_finite(X, x_name)
+    _validate_finite(Y, y_name)
+    try:
+        torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2])
+    except RuntimeError:
+        raise InputDataError(
+            f"batch shapes of {x_name} {tuple(X.shape[:-2])} and {y_name} {tuple(Y.shape[:-2])} "
+            "do not broadcast"
+        ) from None
+    return X, Y
+
+
+def _learn_transforms(
+    X: Tensor, Y: Tensor, input_transform: InputTransform | None,
+    outcome_transform: OutcomeTransform | None,
+) -> tuple[Tensor, Tensor]:
+    """Learn the transforms on the training data (as ``SingleTaskGP``) and apply them.
+
+    On error the transforms are restored, so the caller's objects are unchanged.
+    """
+    modules = [t for t in (input_transform, outcome_transform) if t is not None]
+    saved = [(copy.deepcopy(t.state_dict()), t.training) for t in modules]
+    try:
+        if input_transform is not None:
+            input_transform.to(X)
+            input_transform.train()
+            with torch.no_grad():
+                input_transform(X)
+            input_transform.eval()
+            X = input_transform.preprocess_transform(X)
+            _validate_finite(X, "train_X after the input transform")
+        if outcome_transform is not None:
+            outcome_transform.to(Y)
+            outcome_transform.train()
+            Y, _ = outcome_transform(Y, X=X)
+            outcome_transform.eval()
+            _validate_finite(Y, "train_Y after the outcome transform")
+    except Exception:
+        for t, (state, training) in zip(modules, saved):
+            t.load_state_dict(state)
+            t.train(training)
+        raise
+    return X, Y
+
+
+def _warn_outside_unit_cube(X: Tensor) -> None:
+    low, high = X.detach().min().item(), X.detach().max().item()
+    if low < -UNIT_CUBE_TOLERANCE or high > 1 + UNIT_CUBE_TOLERANCE:
+        warnings.warn(
+            f"inputs span [{low:.3g}, {high:.3g}] after the input transform, far outside "
+            "the unit cube the network was trained on; pass input_transform=Normalize(d=d, "
+            "bounds=...) or scale X to [0, 1]^d",
+            InputDataWarning, stacklevel=3,
+        )
+
+
+def _warn_noise_unused(name: str) -> None:
+    warnings.warn(
+        f"CMANPModel ignores {name}: the network infers the observation noise from the data in "
+        "context and cannot condition on known noise variances",
+        InputDataWarning, stacklevel=3,
+    )
+
+
+# ------------------------------------------------------------------------------------ optima
+def sample_optima(
+    model: CMANPModel,
+    bounds: Tensor,
+    num_optima: int,
+    num_candidates: int = 512,
+    posterior_transform: PosteriorTransform | None = None,
+    seed: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Optima of joint posterior samples on a scrambled Sobol candidate set (discrete Thompson).
+
+    A replacement for ``get_optimal_samples`` (which needs GP-only Matheron paths) to feed
+    ``qJointEntropySearch`` and similar.
+
+    Args:
+        model: an unbatched ``CMANPModel``.
+        bounds: ``2 x d`` lower and upper bounds of the search space (original units).
+        num_optima: samples to draw.
+        num_candidates: Sobol points per sample (the joint covariance is ``c x c``).
+        posterior_transform: e.g. ``ScalarizedPosteriorTransform(-1)`` to minimise.
+        seed: seed of the Sobol set and the samples.
+
+    Returns:
+        ``num_optima x d`` maximisers and ``num_optima x 1`` sampled maxima.
+    """
+    from botorch.utils.sampling import draw_sobol_samples
+
+    with torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        X = draw_sobol_samples(bounds=bounds, n=num_candidates, q=1, seed=seed).squeeze(-2)
+        with torch.no_grad():
+            posterior = model.posterior(X, posterior_transform=posterior_transform)
+            samples = posterior.rsample(torch.Size([num_optima])).squeeze(-1)
+    best = samples.argmax(dim=-1)
+    return X[best], samples.gather(-1, best.unsqueeze(-1))
+
+
+@DrawMatheronPaths.register(CMANPModel)
+def _no_matheron_paths(model: CMANPModel, **kwargs: Any) -> None:
+    raise UnsupportedError(
+        "CMANPModel has no pathwise (Matheron) posterior samples, so get_optimal_samples cannot "
+        "be used; draw optima with cmanp_bo.botorch_model.sample_optima(model, bounds, "
+        "num_optima) and pass them to qJointEntropySearch(optimal_inputs=..., optimal_outputs=...)"
+    )
+
+
+__all__ = ["CMANPModel", "OutcomeFrame", "sample_optima"]

@@ -1,0 +1,76 @@
+"""Checkpoints shipped inside the package, loaded offline with checksum verification.
+
+Each checkpoint is ``NAME.pt`` with its model card ``NAME.json`` in this folder.
+``load(name)`` reads a file once per process and hands out a fresh network each call.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+
+from cmanp_bo.checkpoint import CheckpointError, load_checkpoint, read_card
+from cmanp_bo.nn import CMANP, CMANPConfig
+
+HERE = Path(__file__).resolve().parent
+
+# The BO surrogate uses this checkpoint by default once it is shipped (pretrained-surrogates issue).
+DEFAULT_BO = "bo-default"
+
+
+def available() -> list[str]:
+    """Names of the shipped checkpoints."""
+    return sorted(p.stem for p in HERE.glob("*.pt"))
+
+
+def path_of(name: str) -> Path:
+    path = HERE / f"{name}.pt"
+    if not path.exists():
+        raise CheckpointError(
+            f"no shipped checkpoint named {name!r}; available: {', '.join(available()) or 'none'}"
+        )
+    return path
+
+
+def card(name: str) -> dict:
+    """The model card of a shipped checkpoint."""
+    return read_card(path_of(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cached(name: str) -> CMANP:
+    return load_checkpoint(path_of(name))
+
+
+def load(name: str, dtype: torch.dtype = torch.float32) -> CMANP:
+    """A fresh copy (eval mode) of the shipped network ``name``; the file is read once per process."""
+    return copy.deepcopy(_load_cached(name)).to(dtype)
+
+
+def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
+    """The network the BoTorch model uses by default for ``dim_x`` inputs.
+
+    The shipped BO checkpoint when there is one that supports ``dim_x``; until then a small,
+    seeded, randomly initialised network with a joint head (warned once), so the API works.
+    """
+    if DEFAULT_BO in available():
+        net = load(DEFAULT_BO, dtype)
+        if net.cfg.dim_x >= dim_x:
+            return net
+    return _untrained_bo_network(dim_x).to(dtype)
+
+
+def _untrained_bo_network(dim_x: int) -> CMANP:
+    warnings.warn(
+        f"no pretrained BO checkpoint supports dim_x={dim_x}: using an UNTRAINED network "
+        "(predictions are not meaningful)", RuntimeWarning, stacklevel=3,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        cfg = CMANPConfig(dim_x=dim_x, dim_y=1, d_model=32, d_ff=64, num_layers=2,
+                          num_latents=16, num_block_latents=16, joint_head=True)
+        return CMANP(cfg).eval()

@@ -1,0 +1,172 @@
+"""The streamed state equals the one-shot computation through the whole model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cmanp_bo.nn import CMANP, CMANPConfig, MultiHeadAttention
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def small_net(dtype: torch.dtype, joint: bool = True, seed: int = 0, **kw) -> CMANP:
+    torch.manual_seed(seed)
+    cfg = dict(d_model=32, d_ff=64, num_heads=4, num_layers=3, num_latents=16,
+               num_block_latents=16, joint_head=joint)
+    cfg.update(kw)
+    return CMANP(CMANPConfig(**cfg)).to(dtype).eval().requires_grad_(False)
+
+
+def data(n: int, dtype: torch.dtype, batch: int = 2, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, n, 1, generator=g, dtype=dtype) * 4 - 2
+    y = torch.sin(3 * x) + 0.1 * torch.randn(batch, n, 1, generator=g, dtype=dtype)
+    xq = torch.rand(batch, 9, 1, generator=g, dtype=dtype) * 4 - 2
+    return x, y, xq
+
+
+def outputs(net: CMANP, state, xq) -> list[torch.Tensor]:
+    p = net.predict(state, xq)
+    out = [p.mean, p.stddev]
+    if net.cfg.joint_head:
+        out += list(net.joint_moments(state, xq))
+    return out
+
+
+def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max((u - v).abs().max().item() for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("block_size", [1, 7, 64, None])
+def test_blocked_and_updated_equal_one_shot(dtype, block_size):
+    net = small_net(dtype)
+    n = 150
+    x, y, xq = data(n, dtype)
+    reference = outputs(net, net.encode(x, y), xq)
+    # blocked encode of everything
+    assert max_diff(outputs(net, net.encode(x, y, block_size=block_size), xq), reference) <= TOL[dtype]
+    # prefix encode + updates of random sizes
+    g = torch.Generator().manual_seed(block_size or 0)
+    cut = int(torch.randint(1, n, (1,), generator=g))
+    state = net.encode(x[:, :cut], y[:, :cut], block_size=block_size)
+    while cut < n:
+        step = int(torch.randint(1, 40, (1,), generator=g))
+        state = net.update(state, x[:, cut : cut + step], y[:, cut : cut + step])
+        cut += step
+    assert state.num_points == n
+    assert max_diff(outputs(net, state, xq), reference) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("joint", [False, True])
+def test_permutation_invariance(dtype, joint):
+    net = small_net(dtype, joint=joint)
+    x, y, xq = data(120, dtype)
+    perm = torch.randperm(120, generator=torch.Generator().manual_seed(3))
+    a = outputs(net, net.encode(x, y), xq)
+    b = outputs(net, net.encode(x[:, perm], y[:, perm], block_size=13), xq)
+    assert max_diff(a, b) <= TOL[dtype]
+
+
+def test_state_size_is_constant():
+    net = small_net(torch.float32)
+    sizes = set()
+    for n in (1, 10, 1000, 5000):
+        x, y, _ = data(n, torch.float32, batch=1)
+        state = net.encode(x, y, block_size=512)
+        sizes.add(state.numel())
+        sizes.add(net.update(state, x[:, :1], y[:, :1]).numel())
+    assert len(sizes) == 1
+    # per layer: heads x latents x (head_dim + 1) numbers
+    cfg = net.cfg
+    assert sizes.pop() == cfg.num_layers * cfg.num_block_latents * (cfg.d_model + cfg.num_heads)
+
+
+def test_update_does_not_read_old_context():
+    """The update only sees the state: corrupting the old data after encoding changes nothing."""
+    net = small_net(torch.float64)
+    x, y, xq = data(50, torch.float64)
+    state = net.encode(x[:, :40], y[:, :40])
+    x[:, :40] = float("nan")  # old inputs destroyed in place
+    updated = net.update(state, x[:, 40:], y[:, 40:])
+    assert all(torch.isfinite(t).all() for t in outputs(net, updated, xq))
+
+
+def test_fantasy_batch_broadcast():
+    net = small_net(torch.float64)
+    x, y, xq = data(30, torch.float64, batch=3)
+    state = net.encode(x, y)
+    y_new = torch.randn(5, 3, 2, 1, dtype=torch.float64)  # 5 fantasies x 3 tasks
+    fantasized = net.update(state, x[:, :2], y_new)
+    assert fantasized.batch_shape == torch.Size([5, 3])
+    assert fantasized.num_points == 32
+    for i in range(5):
+        one = net.update(state, x[:, :2], y_new[i])
+        assert max_diff(outputs(net, one, xq), [t[i] for t in outputs(net, fantasized, xq)]) <= 1e-10
+
+
+def test_joint_head_is_consistent_and_psd():
+    net = small_net(torch.float64)
+    x, y, xq = data(40, torch.float64)
+    state = net.encode(x, y)
+    mean, cov, noise = net.joint_moments(state, xq)
+    assert torch.linalg.eigvalsh(cov).min() > -1e-10
+    # marginalisation consistency: a subset's moments equal the sub-blocks
+    m2, c2, n2 = net.joint_moments(state, xq[:, [2, 5]])
+    assert torch.allclose(m2, mean[:, [2, 5]], atol=1e-12)
+    assert torch.allclose(c2, cov[:, [2, 5]][:, :, [2, 5]], atol=1e-12)
+    # identical inputs are perfectly correlated in the function covariance
+    dup = torch.cat([xq[:, :1], xq[:, :1]], dim=1)
+    _, c, _ = net.joint_moments(state, dup)
+    corr = c[:, 0, 1] / (c[:, 0, 0] * c[:, 1, 1]).sqrt()
+    assert torch.allclose(corr, torch.ones_like(corr), atol=1e-12)
+    # marginal predictions are the diagonal of the joint
+    p = net.predict(state, xq)
+    assert torch.allclose(p.variance.squeeze(-1), torch.diagonal(cov, dim1=-2, dim2=-1) + noise)
+
+
+def test_block_autoregressive_joint_ll_single_block_equals_joint():
+    net = small_net(torch.float64)
+    x, y, xq = data(40, torch.float64)
+    state = net.encode(x[:, :30], y[:, :30])
+    xt, yt = x[:, 30:], y[:, 30:]
+    one = net.joint_log_likelihood(state, xt, yt)
+    expected = net.predict_joint(state, xt).log_prob(yt.squeeze(-1)) / 10
+    assert torch.allclose(one, expected, atol=1e-12)
+    # block-AR with blocks of 1 is the chain rule with marginals of each updated state
+    ar = net.joint_log_likelihood(state, xt, yt, block_size=1)
+    s, total = state, 0.0
+    for i in range(10):
+        total = total + net.predict(s, xt[:, i : i + 1]).log_prob(yt[:, i : i + 1]).squeeze(-1).squeeze(-1)
+        s = net.update(s, xt[:, i : i + 1], yt[:, i : i + 1])
+    assert torch.allclose(ar, total / 10, atol=1e-10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    splits=st.lists(st.integers(1, 60), min_size=1, max_size=6),
+    heads=st.sampled_from([1, 2, 4]),
+)
+def test_attention_absorb_matches_softmax(n, splits, heads):
+    """Property: the log-space update equals one-shot softmax attention for any split."""
+    torch.manual_seed(n)
+    attn = MultiHeadAttention(8, heads).double()
+    q = torch.randn(5, 8, dtype=torch.float64) * 3
+    tokens = torch.randn(2, n, 8, dtype=torch.float64) * 3
+    full = attn.stats(q, tokens)
+    stats, start = attn.empty_stats(attn.to_q(q).expand(2, 5, 8)), 0
+    for size in splits:
+        if start >= n:
+            break
+        stats = attn.absorb(stats, q, tokens[:, start : start + size])
+        start += size
+    if start < n:
+        stats = attn.absorb(stats, q, tokens[:, start:])
+    assert torch.allclose(stats.log_norm, full.log_norm, atol=1e-10)
+    assert torch.allclose(stats.output, full.output, atol=1e-10)
+    assert torch.allclose(attn.project(stats), attn(q, tokens), atol=1e-10)

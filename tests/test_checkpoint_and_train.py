@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cmanp_bo import pretrained
+from cmanp_bo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cmanp_bo.nn import CMANP, CMANPConfig
+from cmanp_bo.train import TrainConfig, train
+
+TINY = dict(d_model=16, d_ff=32, num_heads=2, num_layers=2, num_latents=8, num_block_latents=8,
+            embed_depth=2)
+
+
+def tiny_net(**kw) -> CMANP:
+    torch.manual_seed(0)
+    return CMANP(CMANPConfig(**{**TINY, **kw}))
+
+
+def test_roundtrip(tmp_path):
+    net = tiny_net(joint_head=True)
+    card = save_checkpoint(net, tmp_path / "m.pt", {"prior": "test"})
+    loaded = load_checkpoint(tmp_path / "m.pt", dtype=torch.float64)
+    assert card["prior"] == "test" and len(card["sha256"]) == 64
+    assert loaded.cfg == net.cfg and loaded.dtype == torch.float64
+    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a.double(), b), k
+
+
+def test_corrupt_file_fails_clearly(tmp_path):
+    save_checkpoint(tiny_net(), tmp_path / "m.pt")
+    data = bytearray((tmp_path / "m.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "m.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(tmp_path / "m.pt")
+    # without the checksum a flipped weight byte goes unnoticed; a truncated file still fails
+    (tmp_path / "m.pt").write_bytes(bytes(data[: len(data) // 3]))
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path / "m.pt", verify=False)
+
+
+def test_missing_card_and_file(tmp_path):
+    save_checkpoint(tiny_net(), tmp_path / "m.pt")
+    (tmp_path / "m.json").unlink()
+    with pytest.raises(CheckpointError, match="model card"):
+        load_checkpoint(tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_mismatched_config_fails_clearly(tmp_path):
+    save_checkpoint(tiny_net(), tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="dim_x"):
+        load_checkpoint(tmp_path / "m.pt", expected_config={"dim_x": 3})
+    # weights that do not fit the config in the file
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["config"]["d_model"] = 32
+    payload["config"]["d_ff"] = 32
+    torch.save(payload, tmp_path / "m.pt")
+    card = json.loads((tmp_path / "m.json").read_text())
+    from cmanp_bo.checkpoint import sha256_of
+    card["sha256"] = sha256_of(tmp_path / "m.pt")
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="does not match its config"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+def test_training_resumes_exactly(tmp_path):
+    cfg = TrainConfig(steps=12, batch_size=4, eval_every=6, eval_batches=2, checkpoint_every=100,
+                      model=TINY)
+    straight = train(cfg, tmp_path / "a", progress=False)
+    assert train(cfg, tmp_path / "b", progress=False, stop_after=5) is None
+    assert (tmp_path / "b" / "last.pt").exists() and not (tmp_path / "b" / "model.pt").exists()
+    resumed = train(cfg, tmp_path / "b", progress=False)
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(u, v, atol=1e-6), k
+    card = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert card["steps"] == 12 and len(card["heldout_curve"]) == 2
+    assert (tmp_path / "b" / "curve.csv").read_text().count("\n") == 3
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    cfg = TrainConfig(steps=4, batch_size=2, eval_every=4, eval_batches=1, model=TINY)
+    train(cfg, tmp_path, progress=False, stop_after=2)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(TrainConfig(steps=5, batch_size=2, eval_every=4, eval_batches=1, model=TINY),
+              tmp_path, progress=False)
+
+
+def test_training_reduces_loss(tmp_path):
+    """A short run must beat the untrained network on held-out tasks."""
+    from cmanp_bo.train import evaluate
+    cfg = TrainConfig(steps=150, batch_size=8, lr=2e-3, eval_every=150, eval_batches=4, model=TINY)
+    torch.manual_seed(cfg.seed)
+    untrained = CMANP(CMANPConfig(**TINY))
+    before, _ = evaluate(untrained, "rbf", 8)
+    after, _ = evaluate(load_checkpoint(train(cfg, tmp_path, progress=False)), "rbf", 8)
+    assert after > before + 0.1
+
+
+def test_shipped_checkpoints_load_and_verify():
+    names = pretrained.available()
+    for name in names:
+        net = pretrained.load(name)
+        card = pretrained.card(name)
+        assert card["sha256"] and card["steps"] > 0 and "hardware" in card
+        assert net.cfg.to_dict() == card["config"]
+    with pytest.raises(CheckpointError, match="no shipped checkpoint"):
+        pretrained.path_of("does-not-exist")
