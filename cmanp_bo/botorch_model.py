@@ -155,7 +155,7 @@ def resolve_network(checkpoint: str | Path | CMANP, dim_x: int, device: torch.de
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_network(key: str, dim_x: int, device: str) -> CMANP:
     from cmanp_bo import pretrained
     from cmanp_bo.checkpoint import load_checkpoint
@@ -344,7 +344,9 @@ class CMANPModel(Model, FantasizeMixin, GP):
             mean and ``broadcast_batch x q x q`` covariance, in ``X.dtype``.
         """
         if output_indices is not None and list(output_indices) != [0]:
-            raise UnsupportedError(f"CMANPModel has one output; got output_indices={output_indices}")
+            raise UnsupportedError(
+                f"CMANPModel has one output; got output_indices={output_indices}"
+            )
         self.eval()
         _validate_inputs(X, self._dim, "X")
         X_tf = self.transform_inputs(X)
@@ -605,7 +607,7 @@ def _learn_transforms(
             outcome_transform.eval()
             _validate_finite(Y, "train_Y after the outcome transform")
     except Exception:
-        for t, (state, training) in zip(modules, saved):
+        for t, (state, training) in zip(modules, saved, strict=True):
             t.load_state_dict(state)
             t.train(training)
         raise

@@ -36,7 +36,9 @@ def card_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save_checkpoint(net: CMANP, path: str | os.PathLike, card: dict[str, Any] | None = None) -> dict:
+def save_checkpoint(
+    net: CMANP, path: str | os.PathLike, card: dict[str, Any] | None = None
+) -> dict:
     """Write ``net`` to ``path`` (float32 weights) and its model card beside it.
 
     Returns:
@@ -51,7 +53,10 @@ def save_checkpoint(net: CMANP, path: str | os.PathLike, card: dict[str, Any] | 
     os.replace(tmp, path)
     card = dict(card or {})
     card.update(
-        format=FORMAT, file=path.name, sha256=sha256_of(path), config=net.cfg.to_dict(),
+        format=FORMAT,
+        file=path.name,
+        sha256=sha256_of(path),
+        config=net.cfg.to_dict(),
         num_parameters=sum(p.numel() for p in net.parameters()),
     )
     card_path(path).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -69,7 +74,10 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, *, verify: bool = True, dtype: torch.dtype = torch.float32,
+    path: str | os.PathLike,
+    *,
+    verify: bool = True,
+    dtype: torch.dtype = torch.float32,
     expected_config: dict[str, Any] | None = None,
 ) -> CMANP:
     """Load a CMANP checkpoint in eval mode.
@@ -97,7 +105,9 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
     config = payload["config"]

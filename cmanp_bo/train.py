@@ -48,8 +48,14 @@ def hardware() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def evaluate(net: CMANP, kernel: str, num_batches: int, batch_size: int = 16, seed: int = 10_000,
-             device: str = "cpu") -> tuple[float, float]:
+def evaluate(
+    net: CMANP,
+    kernel: str,
+    num_batches: int,
+    batch_size: int = 16,
+    seed: int = 10_000,
+    device: str = "cpu",
+) -> tuple[float, float]:
     """Mean target log-likelihood (joint for the AND head) and its standard error on a fixed,
     seeded held-out set."""
     sampler = GPSampler(kernel, seed=seed)
@@ -60,8 +66,11 @@ def evaluate(net: CMANP, kernel: str, num_batches: int, batch_size: int = 16, se
             b = sampler.sample(batch_size)
             xc, yc, xt, yt = (t.to(device) for t in (b.xc, b.yc, b.xt, b.yt))
             state = net.encode(xc, yc)
-            ll = (net.joint_log_likelihood(state, xt, yt) if net.cfg.joint_head
-                  else net.log_likelihood(state, xt, yt))
+            ll = (
+                net.joint_log_likelihood(state, xt, yt)
+                if net.cfg.joint_head
+                else net.log_likelihood(state, xt, yt)
+            )
             values.append(ll.cpu())
     net.train()
     v = torch.cat(values).double()
@@ -111,11 +120,19 @@ def train(
 
     def save_last() -> None:
         tmp = out / "last.pt.tmp"
-        torch.save({
-            "train_config": asdict(cfg), "model": net.state_dict(), "optimizer": opt.state_dict(),
-            "sampler_rng": sampler.gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "step": step, "wall_time": wall, "curve": curve,
-        }, tmp)
+        torch.save(
+            {
+                "train_config": asdict(cfg),
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "sampler_rng": sampler.gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "wall_time": wall,
+                "curve": curve,
+            },
+            tmp,
+        )
         os.replace(tmp, last)
 
     def write_curve() -> None:
@@ -124,8 +141,14 @@ def train(
             w.writerow(["step", "wall_time_s", "heldout_ll", "heldout_se"])
             w.writerows(curve)
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True, mininterval=5,
-               desc=f"train {out.name}")
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=5,
+        desc=f"train {out.name}",
+    )
     t0, ema = time.perf_counter(), None
     while step < cfg.steps:
         for g in opt.param_groups:
@@ -156,10 +179,16 @@ def train(
     write_curve()
     card = {
         "prior": f"1-D GP ({cfg.kernel}), paper protocol: x~U[-2,2], Nc~U{{3..46}}, "
-                 "Nt~U{3..49-Nc}, lengthscale~U[0.1,0.6), scale~U[0.1,1.0), noise std 0.02",
-        "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": "cosine to 0",
-        "seed": cfg.seed, "wall_time_s": round(wall, 1), "hardware": hardware(),
-        "torch": torch.__version__, "heldout_curve": curve,
+        "Nt~U{3..49-Nc}, lengthscale~U[0.1,0.6), scale~U[0.1,1.0), noise std 0.02",
+        "steps": step,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "schedule": "cosine to 0",
+        "seed": cfg.seed,
+        "wall_time_s": round(wall, 1),
+        "hardware": hardware(),
+        "torch": torch.__version__,
+        "heldout_curve": curve,
     }
     final = out / "model.pt"
     save_checkpoint(net.cpu(), final, card)
@@ -177,17 +206,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batches", type=int, default=50)
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--model", default="{}",
-                   help='JSON of CMANPConfig overrides, e.g. \'{"num_layers": 4, "joint_head": true}\'')
+    p.add_argument(
+        "--model",
+        default="{}",
+        help='JSON of CMANPConfig overrides, e.g. \'{"num_layers": 4, "joint_head": true}\'',
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(
-        kernel=args.kernel, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, eval_every=args.eval_every, eval_batches=args.eval_batches,
-        checkpoint_every=args.checkpoint_every, model=json.loads(args.model),
+        kernel=args.kernel,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        checkpoint_every=args.checkpoint_every,
+        model=json.loads(args.model),
     )
     CMANPConfig(**cfg.model)  # fail early on a bad architecture
     path = train(cfg, args.out)
@@ -196,7 +234,9 @@ def run_from_args(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(p)
     run_from_args(p.parse_args(argv))
 

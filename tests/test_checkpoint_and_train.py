@@ -10,8 +10,15 @@ from cmanp_bo.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from cmanp_bo.nn import CMANP, CMANPConfig
 from cmanp_bo.train import TrainConfig, train
 
-TINY = dict(d_model=16, d_ff=32, num_heads=2, num_layers=2, num_latents=8, num_block_latents=8,
-            embed_depth=2)
+TINY = dict(
+    d_model=16,
+    d_ff=32,
+    num_heads=2,
+    num_layers=2,
+    num_latents=8,
+    num_block_latents=8,
+    embed_depth=2,
+)
 
 
 def tiny_net(**kw) -> CMANP:
@@ -62,6 +69,7 @@ def test_mismatched_config_fails_clearly(tmp_path):
     torch.save(payload, tmp_path / "m.pt")
     card = json.loads((tmp_path / "m.json").read_text())
     from cmanp_bo.checkpoint import sha256_of
+
     card["sha256"] = sha256_of(tmp_path / "m.pt")
     (tmp_path / "m.json").write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="does not match its config"):
@@ -69,8 +77,9 @@ def test_mismatched_config_fails_clearly(tmp_path):
 
 
 def test_training_resumes_exactly(tmp_path):
-    cfg = TrainConfig(steps=12, batch_size=4, eval_every=6, eval_batches=2, checkpoint_every=100,
-                      model=TINY)
+    cfg = TrainConfig(
+        steps=12, batch_size=4, eval_every=6, eval_batches=2, checkpoint_every=100, model=TINY
+    )
     straight = train(cfg, tmp_path / "a", progress=False)
     assert train(cfg, tmp_path / "b", progress=False, stop_after=5) is None
     assert (tmp_path / "b" / "last.pt").exists() and not (tmp_path / "b" / "model.pt").exists()
@@ -87,13 +96,17 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     cfg = TrainConfig(steps=4, batch_size=2, eval_every=4, eval_batches=1, model=TINY)
     train(cfg, tmp_path, progress=False, stop_after=2)
     with pytest.raises(ValueError, match="different configuration"):
-        train(TrainConfig(steps=5, batch_size=2, eval_every=4, eval_batches=1, model=TINY),
-              tmp_path, progress=False)
+        train(
+            TrainConfig(steps=5, batch_size=2, eval_every=4, eval_batches=1, model=TINY),
+            tmp_path,
+            progress=False,
+        )
 
 
 def test_training_reduces_loss(tmp_path):
     """A short run must beat the untrained network on held-out tasks."""
     from cmanp_bo.train import evaluate
+
     cfg = TrainConfig(steps=150, batch_size=8, lr=2e-3, eval_every=150, eval_batches=4, model=TINY)
     torch.manual_seed(cfg.seed)
     untrained = CMANP(CMANPConfig(**TINY))

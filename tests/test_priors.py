@@ -21,7 +21,7 @@ def test_sampler_is_seeded_and_follows_protocol(kernel):
 
 
 def test_exact_gp_ceiling_matches_reference():
-    """The paper-notes ceiling (1.51 RBF / 1.11 Matern, 300 x 16 tasks, seed 0), on 60 x 16 tasks."""
+    """The paper-notes ceiling (1.51 RBF / 1.11 Matern on 300 x 16 tasks), on 60 x 16 tasks."""
     for kernel, ref in [("rbf", 1.51), ("matern", 1.11)]:
         sampler = GPSampler(kernel, seed=0, dtype=torch.float64)
         ll = torch.cat([exact_gp_log_likelihood(kernel, sampler.sample(16)) for _ in range(60)])

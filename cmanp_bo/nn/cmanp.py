@@ -52,14 +52,25 @@ class CMANPConfig:
     min_std: float = 1e-3
 
     def __post_init__(self) -> None:
-        for name in ("dim_x", "dim_y", "d_model", "embed_depth", "d_ff", "num_heads",
-                     "num_layers", "num_latents", "num_block_latents", "joint_rank"):
+        for name in (
+            "dim_x",
+            "dim_y",
+            "d_model",
+            "embed_depth",
+            "d_ff",
+            "num_heads",
+            "num_layers",
+            "num_latents",
+            "num_block_latents",
+            "joint_rank",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"CMANPConfig.{name} must be a positive int, got {value!r}")
         if self.d_model % self.num_heads:
             raise ValueError(
-                f"CMANPConfig.d_model={self.d_model} must be divisible by num_heads={self.num_heads}"
+                f"CMANPConfig.d_model={self.d_model} must be divisible by "
+                f"num_heads={self.num_heads}"
             )
         if self.joint_head and self.dim_y != 1:
             raise ValueError("the joint head supports dim_y == 1 only (use one model per output)")
@@ -152,7 +163,9 @@ class CMANP(nn.Module):
         )
         # marginal: mean and std per output; joint: mean, function std, noise std, 2 feature sets
         num_out = 3 + 2 * cfg.joint_rank if cfg.joint_head else 2 * cfg.dim_y
-        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, num_out))
+        self.head = nn.Sequential(
+            nn.LayerNorm(d), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, num_out)
+        )
         if cfg.joint_head:
             self.kernel_mix_logit = nn.Parameter(torch.zeros(()))
 
@@ -172,7 +185,9 @@ class CMANP(nn.Module):
                 f"cast the input or the network (net.to({x.dtype}))"
             )
         if x.dim() < 2:
-            raise ValueError(f"{name} must have shape batch_shape x n x {width_name}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must have shape batch_shape x n x {width_name}, got {tuple(x.shape)}"
+            )
         if x.shape[-1] != width:
             raise ValueError(
                 f"{name} has last dimension {x.shape[-1]} but the network expects "
@@ -217,7 +232,8 @@ class CMANP(nn.Module):
         layers: list[AttentionStats] | None = None
         for start in range(0, n, block_size):
             tokens = self._context_tokens(
-                x[..., start : start + block_size, :], y[..., start : start + block_size, :],
+                x[..., start : start + block_size, :],
+                y[..., start : start + block_size, :],
                 batch_shape,
             )
             if layers is None:
@@ -382,7 +398,9 @@ class CMANP(nn.Module):
         y = yt.squeeze(-1)
         var = torch.diagonal(cov, dim1=-2, dim2=-1) + noise_var
         marginal = Normal(mean, var.sqrt()).log_prob(y).mean(-1)
-        joint = MultivariateNormal(mean, cov + torch.diag_embed(noise_var)).log_prob(y) / y.shape[-1]
+        joint = (
+            MultivariateNormal(mean, cov + torch.diag_embed(noise_var)).log_prob(y) / y.shape[-1]
+        )
         return -0.5 * (marginal + joint).mean()
 
 

@@ -41,13 +41,13 @@ def card(name: str) -> dict:
     return read_card(path_of(name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cached(name: str) -> CMANP:
     return load_checkpoint(path_of(name))
 
 
 def load(name: str, dtype: torch.dtype = torch.float32) -> CMANP:
-    """A fresh copy (eval mode) of the shipped network ``name``; the file is read once per process."""
+    """A fresh copy (eval mode) of the shipped network ``name``; the file is read once."""
     return copy.deepcopy(_load_cached(name)).to(dtype)
 
 
@@ -67,10 +67,20 @@ def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
 def _untrained_bo_network(dim_x: int) -> CMANP:
     warnings.warn(
         f"no pretrained BO checkpoint supports dim_x={dim_x}: using an UNTRAINED network "
-        "(predictions are not meaningful)", RuntimeWarning, stacklevel=3,
+        "(predictions are not meaningful)",
+        RuntimeWarning,
+        stacklevel=3,
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        cfg = CMANPConfig(dim_x=dim_x, dim_y=1, d_model=32, d_ff=64, num_layers=2,
-                          num_latents=16, num_block_latents=16, joint_head=True)
+        cfg = CMANPConfig(
+            dim_x=dim_x,
+            dim_y=1,
+            d_model=32,
+            d_ff=64,
+            num_layers=2,
+            num_latents=16,
+            num_block_latents=16,
+            joint_head=True,
+        )
         return CMANP(cfg).eval()

@@ -18,7 +18,7 @@ NOISE_STD = 0.02
 
 @dataclass
 class Batch:
-    """One batch of tasks: ``b x n x 1`` context and target tensors, plus the true hyperparameters."""
+    """A batch of tasks: ``b x n x 1`` context and target tensors and the true hyperparameters."""
 
     xc: Tensor
     yc: Tensor
@@ -30,7 +30,11 @@ class Batch:
 
 
 def kernel_matrix(
-    kind: str, x1: Tensor, x2: Tensor, lengthscale: Tensor, scale: Tensor,
+    kind: str,
+    x1: Tensor,
+    x2: Tensor,
+    lengthscale: Tensor,
+    scale: Tensor,
     period: Tensor | None = None,
 ) -> Tensor:
     """Kernel matrix ``b x n1 x n2`` for 1-D inputs ``b x n x 1`` and per-task hyperparameters."""
@@ -61,14 +65,21 @@ class GPSampler:
     """
 
     def __init__(
-        self, kernel: str = "rbf", max_points: int = 49, min_context: int = 3,
-        max_context: int = 46, min_target: int = 3, seed: int = 0,
+        self,
+        kernel: str = "rbf",
+        max_points: int = 49,
+        min_context: int = 3,
+        max_context: int = 46,
+        min_target: int = 3,
+        seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose one of {KERNELS}")
         if not (1 <= min_context <= max_context and max_context + min_target <= max_points):
-            raise ValueError("need 1 <= min_context <= max_context and max_context + min_target <= max_points")
+            raise ValueError(
+                "need 1 <= min_context <= max_context and max_context + min_target <= max_points"
+            )
         self.kernel, self.max_points = kernel, max_points
         self.min_context, self.max_context, self.min_target = min_context, max_context, min_target
         self.dtype = dtype
@@ -103,7 +114,9 @@ def exact_gp_log_likelihood(kind: str, batch: Batch) -> Tensor:
     xc, yc = batch.xc.double(), batch.yc.double()
     xt, yt = batch.xt.double(), batch.yt.double()
     args = (batch.lengthscale, batch.scale, batch.period)
-    kcc = kernel_matrix(kind, xc, xc, *args) + NOISE_STD**2 * torch.eye(xc.shape[-2], dtype=xc.dtype)
+    kcc = kernel_matrix(kind, xc, xc, *args) + NOISE_STD**2 * torch.eye(
+        xc.shape[-2], dtype=xc.dtype
+    )
     ktc = kernel_matrix(kind, xt, xc, *args)
     chol = torch.linalg.cholesky(kcc)
     a = torch.cholesky_solve(yc, chol)

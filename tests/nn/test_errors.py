@@ -11,14 +11,17 @@ from cmanp_bo.nn import CMANP, CMANPConfig, ContextState
 @pytest.fixture
 def net():
     torch.manual_seed(0)
-    cfg = CMANPConfig(d_model=16, d_ff=32, num_heads=2, num_layers=2, num_latents=8,
-                      num_block_latents=8, dim_x=2)
+    cfg = CMANPConfig(
+        d_model=16, d_ff=32, num_heads=2, num_layers=2, num_latents=8, num_block_latents=8, dim_x=2
+    )
     return CMANP(cfg).double().eval()
 
 
 @pytest.fixture
 def state(net):
-    return net.encode(torch.rand(3, 10, 2, dtype=torch.float64), torch.rand(3, 10, 1, dtype=torch.float64))
+    return net.encode(
+        torch.rand(3, 10, 2, dtype=torch.float64), torch.rand(3, 10, 1, dtype=torch.float64)
+    )
 
 
 def snapshot(state: ContextState) -> list[torch.Tensor]:
@@ -31,8 +34,18 @@ X = lambda *s: torch.rand(*s, dtype=torch.float64)  # noqa: E731
 @pytest.mark.parametrize(
     "x, y, error, match",
     [
-        (X(3, 2, 2).index_fill(1, torch.tensor([0]), float("nan")), X(3, 2, 1), ValueError, "NaN or inf"),
-        (X(3, 2, 2), X(3, 2, 1).index_fill(1, torch.tensor([1]), float("inf")), ValueError, "NaN or inf"),
+        (
+            X(3, 2, 2).index_fill(1, torch.tensor([0]), float("nan")),
+            X(3, 2, 1),
+            ValueError,
+            "NaN or inf",
+        ),
+        (
+            X(3, 2, 2),
+            X(3, 2, 1).index_fill(1, torch.tensor([1]), float("inf")),
+            ValueError,
+            "NaN or inf",
+        ),
         (X(3, 2, 3), X(3, 2, 1), ValueError, "dim_x=2"),
         (X(3, 2, 2), X(3, 2, 2), ValueError, "dim_y=1"),
         (X(3, 2, 2), X(3, 3, 1), ValueError, "x holds 2 points but y holds 3"),
@@ -81,8 +94,15 @@ def test_update_returns_new_state(net, state):
         state.num_points = 3  # frozen
 
 
-@pytest.mark.parametrize("bad", [dict(d_model=30, num_heads=4), dict(num_layers=0),
-                                 dict(joint_head=True, dim_y=2), dict(min_std=0.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(d_model=30, num_heads=4),
+        dict(num_layers=0),
+        dict(joint_head=True, dim_y=2),
+        dict(min_std=0.0),
+    ],
+)
 def test_bad_config(bad):
     with pytest.raises(ValueError):
         CMANPConfig(**bad)

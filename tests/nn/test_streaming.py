@@ -14,8 +14,15 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 def small_net(dtype: torch.dtype, joint: bool = True, seed: int = 0, **kw) -> CMANP:
     torch.manual_seed(seed)
-    cfg = dict(d_model=32, d_ff=64, num_heads=4, num_layers=3, num_latents=16,
-               num_block_latents=16, joint_head=joint)
+    cfg = dict(
+        d_model=32,
+        d_ff=64,
+        num_heads=4,
+        num_layers=3,
+        num_latents=16,
+        num_block_latents=16,
+        joint_head=joint,
+    )
     cfg.update(kw)
     return CMANP(CMANPConfig(**cfg)).to(dtype).eval().requires_grad_(False)
 
@@ -48,7 +55,9 @@ def test_blocked_and_updated_equal_one_shot(dtype, block_size):
     x, y, xq = data(n, dtype)
     reference = outputs(net, net.encode(x, y), xq)
     # blocked encode of everything
-    assert max_diff(outputs(net, net.encode(x, y, block_size=block_size), xq), reference) <= TOL[dtype]
+    assert (
+        max_diff(outputs(net, net.encode(x, y, block_size=block_size), xq), reference) <= TOL[dtype]
+    )
     # prefix encode + updates of random sizes
     g = torch.Generator().manual_seed(block_size or 0)
     cut = int(torch.randint(1, n, (1,), generator=g))
@@ -106,7 +115,9 @@ def test_fantasy_batch_broadcast():
     assert fantasized.num_points == 32
     for i in range(5):
         one = net.update(state, x[:, :2], y_new[i])
-        assert max_diff(outputs(net, one, xq), [t[i] for t in outputs(net, fantasized, xq)]) <= 1e-10
+        assert (
+            max_diff(outputs(net, one, xq), [t[i] for t in outputs(net, fantasized, xq)]) <= 1e-10
+        )
 
 
 def test_joint_head_is_consistent_and_psd():
@@ -141,7 +152,9 @@ def test_block_autoregressive_joint_ll_single_block_equals_joint():
     ar = net.joint_log_likelihood(state, xt, yt, block_size=1)
     s, total = state, 0.0
     for i in range(10):
-        total = total + net.predict(s, xt[:, i : i + 1]).log_prob(yt[:, i : i + 1]).squeeze(-1).squeeze(-1)
+        total = total + net.predict(s, xt[:, i : i + 1]).log_prob(yt[:, i : i + 1]).squeeze(
+            -1
+        ).squeeze(-1)
         s = net.update(s, xt[:, i : i + 1], yt[:, i : i + 1])
     assert torch.allclose(ar, total / 10, atol=1e-10)
 

@@ -1,0 +1,64 @@
+"""The ``cmanp-bo`` command.
+
+cmanp-bo gp-benchmark [--batches 300]     score the shipped 1-D checkpoints (paper protocol)
+cmanp-bo train --out DIR [...]            meta-train a CMANP (resumable)
+cmanp-bo checkpoints                      list the shipped checkpoints and their cards
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+
+def _gp_benchmark(args: argparse.Namespace) -> None:
+    from cmanp_bo import pretrained
+    from cmanp_bo.gp_benchmark import evaluate_models, markdown_table
+
+    torch.set_num_threads(args.threads)
+    models = {
+        "CMANP (shipped)": pretrained.load("gp1d-rbf-cmanp"),
+        "CMANP-AND (shipped)": pretrained.load("gp1d-rbf-cmanp-and"),
+    }
+    results = evaluate_models(models, batches=args.batches, batch_size=16)
+    print(markdown_table(results))
+
+
+def _checkpoints(args: argparse.Namespace) -> None:
+    from cmanp_bo import pretrained
+
+    for name in pretrained.available():
+        card = pretrained.card(name)
+        summary = {k: card.get(k) for k in ("prior", "steps", "wall_time_s", "hardware", "eval")}
+        print(name, json.dumps(summary, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="cmanp-bo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("gp-benchmark", help="score the shipped 1-D checkpoints on the GP benchmark")
+    p.add_argument("--batches", type=int, default=300, help="batches of 16 tasks per kernel")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_gp_benchmark)
+
+    from cmanp_bo.train import add_arguments, run_from_args
+
+    p = sub.add_parser("train", help="meta-train a CMANP on a GP prior (resumable)")
+    add_arguments(p)
+    p.set_defaults(func=run_from_args)
+
+    p = sub.add_parser("checkpoints", help="list the shipped checkpoints")
+    p.set_defaults(func=_checkpoints)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
