@@ -349,6 +349,13 @@ class CMANPModel(Model, FantasizeMixin, GP):
             )
         self.eval()
         _validate_inputs(X, self._dim, "X")
+        try:
+            torch.broadcast_shapes(X.shape[:-2], self.batch_shape)
+        except RuntimeError:
+            raise InputDataError(
+                f"X has batch shape {tuple(X.shape[:-2])}, which does not broadcast with the "
+                f"model's batch shape {tuple(self.batch_shape)}"
+            ) from None
         X_tf = self.transform_inputs(X)
         Z = self._pad(X_tf.to(torch.float64))
         mean, cov, noise_var = self._frame_moments(Z, independent)
@@ -359,8 +366,10 @@ class CMANPModel(Model, FantasizeMixin, GP):
         if observation_noise is True:
             cov = cov + torch.diag_embed(noise_var * scale.pow(2))
         elif isinstance(observation_noise, Tensor):
-            noise = observation_noise.to(cov).squeeze(-1) if observation_noise.dim() > 1 else (
-                observation_noise.to(cov)
+            noise = (
+                observation_noise.to(cov).squeeze(-1)
+                if observation_noise.dim() > 1
+                else (observation_noise.to(cov))
             )
             cov = cov + torch.diag_embed(noise.expand(cov.shape[:-1]))
         elif observation_noise is not False:
@@ -429,8 +438,9 @@ class CMANPModel(Model, FantasizeMixin, GP):
             ) from None
         if X.shape[-2] == 0:
             layers = tuple(s.expand(batch) for s in self._state.layers)
-            return self._with(ContextState(layers, self._state.num_points), self._frame,
-                              self._history)
+            return self._with(
+                ContextState(layers, self._state.num_points), self._frame, self._history
+            )
         X_tf = self._preprocess_inputs(X)
         _warn_outside_unit_cube(X_tf)
         Z = self._pad(X_tf.to(torch.float64))
@@ -539,7 +549,11 @@ def _validate_inputs(X: Tensor, dim: int, name: str) -> None:
 
 
 def _validate_data(
-    X: Tensor, Y: Tensor, x_name: str, y_name: str, dim: int | None = None,
+    X: Tensor,
+    Y: Tensor,
+    x_name: str,
+    y_name: str,
+    dim: int | None = None,
     allow_empty: bool = False,
 ) -> tuple[Tensor, Tensor]:
     if not isinstance(X, Tensor) or not X.is_floating_point():
@@ -582,7 +596,9 @@ def _validate_data(
 
 
 def _learn_transforms(
-    X: Tensor, Y: Tensor, input_transform: InputTransform | None,
+    X: Tensor,
+    Y: Tensor,
+    input_transform: InputTransform | None,
     outcome_transform: OutcomeTransform | None,
 ) -> tuple[Tensor, Tensor]:
     """Learn the transforms on the training data (as ``SingleTaskGP``) and apply them.
@@ -621,7 +637,8 @@ def _warn_outside_unit_cube(X: Tensor) -> None:
             f"inputs span [{low:.3g}, {high:.3g}] after the input transform, far outside "
             "the unit cube the network was trained on; pass input_transform=Normalize(d=d, "
             "bounds=...) or scale X to [0, 1]^d",
-            InputDataWarning, stacklevel=3,
+            InputDataWarning,
+            stacklevel=3,
         )
 
 
@@ -629,7 +646,8 @@ def _warn_noise_unused(name: str) -> None:
     warnings.warn(
         f"CMANPModel ignores {name}: the network infers the observation noise from the data in "
         "context and cannot condition on known noise variances",
-        InputDataWarning, stacklevel=3,
+        InputDataWarning,
+        stacklevel=3,
     )
 
 
