@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from cmanp_bo import pretrained  # noqa: E402
-from cmanp_bo.checkpoint import load_checkpoint, read_card  # noqa: E402
+from cmanp_bo.checkpoint import card_path, load_checkpoint, read_card  # noqa: E402
 from cmanp_bo.gp_benchmark import EVAL_SEED, evaluate_models, markdown_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,10 +33,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--batches", type=int, default=3000)
-    p.add_argument("--cmanp", default=str(pretrained.path_of("gp1d-rbf-cmanp")))
-    p.add_argument("--cmanp-and", default=str(pretrained.path_of("gp1d-rbf-cmanp-and")))
+    p.add_argument("--cmanp", default=str(pretrained.HERE / "gp1d-rbf-cmanp.pt"))
+    p.add_argument("--cmanp-and", default=str(pretrained.HERE / "gp1d-rbf-cmanp-and.pt"))
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--update-cards",
+        action="store_true",
+        help="write the scores into the model cards beside the checkpoints",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -72,6 +77,25 @@ def main() -> None:
         )
         + "\n"
     )
+
+    if args.update_cards:
+        for name, path in paths.items():
+            card = read_card(path)
+            card["eval"] = {
+                "benchmark": f"paper 1-D GP protocol, {args.batches} x 16 tasks per kernel, "
+                f"seed {EVAL_SEED}, mean target LL per point +- SE",
+                **{
+                    f"{row} / {k}": str(s)
+                    for row, v in results.items()
+                    if row.startswith(name + " ") or row == name
+                    for k, s in v.items()
+                },
+                **{
+                    f"exact GP ceiling / {k}": str(s)
+                    for k, s in results["Exact GP, true hyperparameters"].items()
+                },
+            }
+            card_path(path).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
 
     # learning curves (held-out LL on 50 x 16 RBF tasks, seed 10000, logged during training)
     fig, ax = plt.subplots(figsize=(6, 4))
