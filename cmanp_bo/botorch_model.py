@@ -366,11 +366,9 @@ class CMANPModel(Model, FantasizeMixin, GP):
         if observation_noise is True:
             cov = cov + torch.diag_embed(noise_var * scale.pow(2))
         elif isinstance(observation_noise, Tensor):
-            noise = (
-                observation_noise.to(cov).squeeze(-1)
-                if observation_noise.dim() > 1
-                else (observation_noise.to(cov))
-            )
+            noise = observation_noise.to(cov)  # batch_shape x q x 1, as in GPyTorchModel
+            if noise.dim() > 1 and noise.shape[-1] == 1:
+                noise = noise.squeeze(-1)
             cov = cov + torch.diag_embed(noise.expand(cov.shape[:-1]))
         elif observation_noise is not False:
             raise UnsupportedError(
