@@ -47,7 +47,7 @@ from cmanp_bo.nn import CMANP, ContextState
 ENCODE_BLOCK = 4096
 # Targets decoded jointly at a time; larger q are assembled block by block (the joint head's
 # correlations only depend on each target's own features, so blocks of a pair are exact).
-JOINT_BLOCK = 512
+JOINT_BLOCK = 4096
 # Relative jitter on the function variance: identical points keep correlation 1 - 1e-10, and the
 # covariance stays Cholesky-factorizable in float64 without GPyTorch's jitter warnings.
 JITTER = 1e-10
@@ -435,10 +435,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
                 f"X {tuple(X.shape[:-2])}, Y {tuple(Y.shape[:-2])}"
             ) from None
         if X.shape[-2] == 0:
-            layers = tuple(s.expand(batch) for s in self._state.layers)
-            return self._with(
-                ContextState(layers, self._state.num_points), self._frame, self._history
-            )
+            return self._with(self._state.expand(batch), self._frame, self._history)
         X_tf = self._preprocess_inputs(X)
         _warn_outside_unit_cube(X_tf)
         Z = self._pad(X_tf.to(torch.float64))

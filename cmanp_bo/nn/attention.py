@@ -88,8 +88,8 @@ class MultiHeadAttention(nn.Module):
         return AttentionStats(new_log_norm, keep * stats.output + weights @ v)
 
     def empty_stats(self, queries: Tensor) -> AttentionStats:
-        """Statistics of the empty token set for ``queries`` (``... x m x d``)."""
-        q = self._split(queries)
+        """Statistics of the empty token set for ``queries`` (``... x m x d``, before ``to_q``)."""
+        q = self._split(self.to_q(queries))
         log_norm = torch.full(q.shape[:-1], -math.inf, dtype=q.dtype, device=q.device)
         return AttentionStats(log_norm, torch.zeros_like(q))
 

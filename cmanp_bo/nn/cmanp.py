@@ -108,6 +108,12 @@ class ContextState:
     def tensors(self) -> list[Tensor]:
         return [t for s in self.layers for t in (s.log_norm, s.output)]
 
+    def expand(self, batch_shape: torch.Size | tuple[int, ...]) -> ContextState:
+        """The same context broadcast to ``batch_shape`` (a view; no copy)."""
+        return ContextState(
+            tuple(s.expand(torch.Size(batch_shape)) for s in self.layers), self.num_points
+        )
+
 
 class CMAB(nn.Module):
     """Constant Memory Attention Block.
@@ -242,6 +248,20 @@ class CMANP(nn.Module):
                 layers = [blk.absorb(s, tokens) for blk, s in zip(self.encoder, layers)]
         return ContextState(tuple(layers), n)
 
+    def empty_state(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> ContextState:
+        """The state of no context at all (predictions are then the prior's).
+
+        Args:
+            batch_shape: batch shape of the state.
+        """
+        layers = tuple(
+            blk.read.attn.empty_stats(blk.read.norm_q(blk.block_latents)).expand(
+                torch.Size(batch_shape)
+            )
+            for blk in self.encoder
+        )
+        return ContextState(layers, 0)
+
     def update(self, state: ContextState, x: Tensor, y: Tensor) -> ContextState:
         """Return a new state that also holds ``(x, y)``; the input state is not modified.
 
@@ -344,7 +364,10 @@ class CMANP(nn.Module):
         r = self.cfg.joint_rank
         z = out[..., 3 : 3 + r]
         u = F.normalize(out[..., 3 + r : 3 + 2 * r], dim=-1)
-        sq_dist = (z.unsqueeze(-2) - z.unsqueeze(-3)).pow(2).sum(-1)
+        # ||z_i - z_j||^2 without the m x m x rank intermediate (Ax predicts 4096 points at once)
+        sq_norm = z.pow(2).sum(-1)
+        sq_dist = sq_norm.unsqueeze(-1) + sq_norm.unsqueeze(-2) - 2 * z @ z.transpose(-1, -2)
+        sq_dist = sq_dist.clamp_min(0)
         w = torch.sigmoid(self.kernel_mix_logit)
         corr = w * torch.exp(-0.5 * sq_dist) + (1 - w) * (u @ u.transpose(-1, -2))
         cov = f_std.unsqueeze(-1) * corr * f_std.unsqueeze(-2)

@@ -172,7 +172,7 @@ def test_attention_absorb_matches_softmax(n, splits, heads):
     q = torch.randn(5, 8, dtype=torch.float64) * 3
     tokens = torch.randn(2, n, 8, dtype=torch.float64) * 3
     full = attn.stats(q, tokens)
-    stats, start = attn.empty_stats(attn.to_q(q).expand(2, 5, 8)), 0
+    stats, start = attn.empty_stats(q.expand(2, 5, 8)), 0
     for size in splits:
         if start >= n:
             break
@@ -183,3 +183,24 @@ def test_attention_absorb_matches_softmax(n, splits, heads):
     assert torch.allclose(stats.log_norm, full.log_norm, atol=1e-10)
     assert torch.allclose(stats.output, full.output, atol=1e-10)
     assert torch.allclose(attn.project(stats), attn(q, tokens), atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_empty_state_then_updates_equal_encode(dtype):
+    net = small_net(dtype)
+    x, y, xq = data(40, dtype)
+    empty = net.empty_state((2,))
+    assert empty.num_points == 0 and empty.batch_shape == torch.Size([2])
+    assert all(torch.isfinite(t).all() for t in outputs(net, empty, xq))
+    state = net.update(net.update(empty, x[:, :15], y[:, :15]), x[:, 15:], y[:, 15:])
+    assert max_diff(outputs(net, state, xq), outputs(net, net.encode(x, y), xq)) <= TOL[dtype]
+
+
+def test_state_expand_is_a_broadcast():
+    net = small_net(torch.float64)
+    x, y, xq = data(20, torch.float64, batch=1)
+    state = net.encode(x, y)
+    wide = state.expand((3, 1))
+    assert wide.batch_shape == torch.Size([3, 1]) and wide.num_points == 20
+    for a, b in zip(outputs(net, wide, xq), outputs(net, state, xq)):
+        assert torch.equal(a, b.expand_as(a))
