@@ -41,6 +41,7 @@ from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.models import GP
 from torch import Tensor
 
+from cmanp_bo.frame import OutcomeFrame
 from cmanp_bo.nn import CMANP, ContextState
 
 # Points embedded at a time when (re-)encoding a whole data set: bounds peak memory.
@@ -53,45 +54,8 @@ JOINT_BLOCK = 4096
 JITTER = 1e-10
 # How far outside the unit cube (after the input transform) training inputs may lie unwarned.
 UNIT_CUBE_TOLERANCE = 0.1
-# Standard deviations below this are treated as a constant outcome (as BoTorch's Standardize).
-MIN_STD = 1e-8
 # Constructor options that Ax may forward through ``model_options``.
 _MODEL_OPTIONS = ("checkpoint", "rebase_factor", "outcome_frame")
-
-
-# ------------------------------------------------------------------------------------ frame
-@dataclass(frozen=True)
-class OutcomeFrame:
-    """Frozen standardisation of the outcomes fed to the network: ``(y - mean) / std``.
-
-    Attributes:
-        mean: ``batch_shape`` tensor (outcome-transformed units).
-        std: ``batch_shape`` tensor, positive.
-        num_points: observations the frame was computed from (drives the re-base schedule).
-    """
-
-    mean: Tensor
-    std: Tensor
-    num_points: int
-
-    @classmethod
-    def from_data(cls, Y: Tensor) -> OutcomeFrame:
-        """The frame of ``Y`` (``batch_shape x n x 1``): its mean and unbiased std over ``n``.
-
-        A single point or a constant outcome gets ``std = 1`` (as BoTorch's ``Standardize``).
-        """
-        y = Y.squeeze(-1)
-        mean = y.mean(dim=-1)
-        if y.shape[-1] < 2:
-            std = torch.ones_like(mean)
-        else:
-            std = y.std(dim=-1)
-            std = torch.where(std >= MIN_STD, std, torch.ones_like(std))
-        return cls(mean.detach(), std.detach(), y.shape[-1])
-
-    def apply(self, Y: Tensor) -> Tensor:
-        """``batch_shape x n x 1`` outcomes in network units."""
-        return (Y - self.mean[..., None, None]) / self.std[..., None, None]
 
 
 # ------------------------------------------------------------------------------------ history

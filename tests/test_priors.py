@@ -34,3 +34,19 @@ def test_bad_sampler_arguments():
         GPSampler("cosine")
     with pytest.raises(ValueError):
         GPSampler(max_context=60)
+
+
+def test_bo_prior_tasks_are_in_the_model_frame_and_padded():
+    from cmanp_bo.priors import BOPriorSampler
+
+    a = BOPriorSampler(max_dim=6, seed=1).sample(8, dim=3, num_context=20)
+    b = BOPriorSampler(max_dim=6, seed=1).sample(8, dim=3, num_context=20)
+    assert torch.equal(a.yc, b.yc) and a.kernel == b.kernel
+    assert a.xc.shape == (8, 20, 6) and a.xt.shape == (8, 64, 6) and a.yc.shape == (8, 20, 1)
+    assert (a.xc[..., 3:] == 0).all() and (a.xc[..., :3] >= 0).all() and (a.xc <= 1).all()
+    # the context is standardised exactly as CMANPModel's OutcomeFrame does
+    assert torch.allclose(a.yc.mean(1), torch.zeros(8, 1), atol=1e-5)
+    assert torch.allclose(a.yc.std(1), torch.ones(8, 1), atol=1e-5)
+    assert torch.isfinite(a.lengthscales).any(-1).all()  # at least one relevant dimension
+    sizes = {BOPriorSampler(seed=s).sample(1).xc.shape[1] for s in range(40)}
+    assert min(sizes) >= 1 and max(sizes) <= 512 and len(sizes) > 10

@@ -1,0 +1,138 @@
+"""The d-dimensional prior the BO checkpoint is meta-trained on: GP functions on [0, 1]^d.
+
+Every choice mirrors what a BoTorch user's default ``SingleTaskGP`` assumes, so that comparing
+the two is fair, and covers what long BO runs see:
+
+- kernel: Matern-5/2 or RBF (probability ``matern_share``), per-dimension lengthscales from
+  BoTorch's dimension-scaled log-normal ``LogNormal(sqrt(2) + log(d) / 2, sqrt(3))``;
+- irrelevant dimensions: each dimension is dropped (constant function along it) with
+  probability ``irrelevant_share``, keeping at least one relevant dimension;
+- output scale ``~ LogNormal(0, 1)`` and mean ``~ N(0, 1)`` (removed again by the outcome frame,
+  but they make the frame's own estimation error part of training);
+- observation noise std = signal std x a log-uniform fraction in ``[noise_min, noise_max]``
+  (near zero to 10% of the signal);
+- context sizes log-uniform in ``[min_context, max_context]`` (1..512 by default), targets
+  ``num_targets``; inputs uniform on the cube, ``d`` uniform in ``[1, max_dim]`` per batch and
+  zero-padded to ``max_dim`` (a constant input is an irrelevant one, the convention the BoTorch
+  model uses for data with fewer dimensions than the network);
+- y in the outcome frame of the context (``cmanp_bo.frame.OutcomeFrame``), exactly as the BoTorch
+  model feeds the network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cmanp_bo.frame import OutcomeFrame
+
+
+@dataclass
+class BOBatch:
+    """``b x n x max_dim`` inputs and ``b x n x 1`` framed outcomes, with the truth."""
+
+    xc: Tensor
+    yc: Tensor
+    xt: Tensor
+    yt: Tensor
+    dim: int
+    lengthscales: Tensor  # b x dim (inf for irrelevant dimensions)
+    noise_std: Tensor  # b, in frame units
+    kernel: str
+
+
+def bo_kernel(kind: str, x1: Tensor, x2: Tensor, lengthscales: Tensor) -> Tensor:
+    """Unit-variance kernel ``b x n1 x n2`` for ``b x n x d`` inputs, ``b x d`` lengthscales."""
+    diff = (x1.unsqueeze(-2) - x2.unsqueeze(-3)) / lengthscales[:, None, None, :]
+    r2 = diff.pow(2).sum(-1)
+    if kind == "rbf":
+        return torch.exp(-0.5 * r2)
+    if kind == "matern":
+        r = math.sqrt(5.0) * r2.clamp_min(1e-30).sqrt()
+        return (1 + r + r**2 / 3) * torch.exp(-r)
+    raise ValueError(f"unknown kernel {kind!r}; choose 'rbf' or 'matern'")
+
+
+class BOPriorSampler:
+    """Seeded sampler of BO tasks on the unit cube (see the module docstring)."""
+
+    def __init__(
+        self,
+        max_dim: int = 10,
+        min_context: int = 1,
+        max_context: int = 512,
+        num_targets: int = 64,
+        matern_share: float = 0.5,
+        irrelevant_share: float = 0.2,
+        noise_min: float = 1e-3,
+        noise_max: float = 0.1,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not (1 <= min_context <= max_context and num_targets >= 1 and max_dim >= 1):
+            raise ValueError("need 1 <= min_context <= max_context, num_targets >= 1, max_dim >= 1")
+        if not (0 < noise_min <= noise_max):
+            raise ValueError("need 0 < noise_min <= noise_max")
+        self.max_dim, self.num_targets = max_dim, num_targets
+        self.min_context, self.max_context = min_context, max_context
+        self.matern_share, self.irrelevant_share = matern_share, irrelevant_share
+        self.noise_min, self.noise_max = noise_min, noise_max
+        self.dtype = dtype
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _rand(self, *shape: int) -> Tensor:
+        return torch.rand(*shape, generator=self.gen, dtype=torch.float64)
+
+    def _log_uniform(self, low: float, high: float, *shape: int) -> Tensor:
+        return torch.exp(math.log(low) + (math.log(high) - math.log(low)) * self._rand(*shape))
+
+    def sample(
+        self, batch_size: int, dim: int | None = None, num_context: int | None = None
+    ) -> BOBatch:
+        """A batch of tasks sharing ``dim`` and the context size (drawn when not given)."""
+        d = dim or int(torch.randint(1, self.max_dim + 1, (1,), generator=self.gen))
+        if not 1 <= d <= self.max_dim:
+            raise ValueError(f"dim must be in [1, {self.max_dim}], got {d}")
+        nc = num_context or int(
+            self._log_uniform(self.min_context, self.max_context + 1, 1).floor()
+        )
+        nc = min(nc, self.max_context)
+        n = nc + self.num_targets
+        b = batch_size
+        kernel = "matern" if self._rand(1).item() < self.matern_share else "rbf"
+        loc, scale = math.sqrt(2) + 0.5 * math.log(d), math.sqrt(3)
+        normal = torch.randn(b, d, generator=self.gen, dtype=torch.float64)
+        ls = torch.exp(loc + scale * normal)
+        irrelevant = self._rand(b, d) < self.irrelevant_share
+        irrelevant[torch.arange(b), torch.randint(0, d, (b,), generator=self.gen)] = False
+        ls = torch.where(irrelevant, torch.full_like(ls, math.inf), ls)
+        x = self._rand(b, n, d)
+        cov = bo_kernel(kernel, x, x, ls)
+        out_scale = torch.exp(torch.randn(b, generator=self.gen, dtype=torch.float64))
+        noise_frac = self._log_uniform(self.noise_min, self.noise_max, b)
+        jitter = 1e-8 * torch.eye(n, dtype=torch.float64)
+        f = torch.linalg.cholesky(cov + jitter) @ torch.randn(
+            b, n, 1, generator=self.gen, dtype=torch.float64
+        )
+        mean = torch.randn(b, 1, 1, generator=self.gen, dtype=torch.float64)
+        noise = noise_frac[:, None, None] * torch.randn(
+            b, n, 1, generator=self.gen, dtype=torch.float64
+        )
+        y = mean + out_scale[:, None, None] * (f + noise)
+        frame = OutcomeFrame.from_data(y[:, :nc])
+        y = frame.apply(y)
+        x = torch.nn.functional.pad(x, (0, self.max_dim - d))
+        c = lambda t: t.to(self.dtype)  # noqa: E731
+        return BOBatch(
+            c(x[:, :nc]),
+            c(y[:, :nc]),
+            c(x[:, nc:]),
+            c(y[:, nc:]),
+            d,
+            ls,
+            noise_frac * out_scale / frame.std,
+            kernel,
+        )
