@@ -4,7 +4,8 @@ For n = 1e2 .. 1e6 context points (batch 1, d_x = d_y = 1, float32, one thread):
 
 * peak memory BEYOND the inputs while encoding the context (CMANP: blocks of 1024 points) and
   while absorbing one more point (CMANP: ``net.update``; TNP-D: re-encoding all n + 1 points,
-  since full attention has no incremental form);
+  since full attention has no incremental form); for CMANP also, as a diagnostic, a stream that
+  encodes one point and absorbs the rest through ``net.update`` in blocks of 1024;
 * the median time of a single-point update over many repeats.
 
 Targets (issue 2): CMANP memory flat in n (within 10 % from 1e3 to 1e6), CMANP update time flat
@@ -12,13 +13,20 @@ Targets (issue 2): CMANP memory flat in n (within 10 % from 1e3 to 1e6), CMANP u
 fit the memory cap (estimate n^2 * heads * 4 bytes); larger n are recorded as skipped.
 
 Memory method (Linux): every (model, n, phase, repeat) runs in a fresh subprocess that builds the
-network, warms it up on a small input, creates the inputs (and, for the update phase, the state),
-releases free heap pages (``malloc_trim``), reads the resident set size, resets the kernel's
-peak-RSS counter (``echo 5 > /proc/self/clear_refs``), runs the phase and reads the new peak
-(``VmHWM``). Peak minus baseline is the memory the phase needed beyond everything that existed
-before it (inputs, weights, state). The kernel tracks the peak on every page fault, so transient
-allocations are caught; calibration probes (a transient 1 MiB and 20 MiB tensor, and a no-op)
-check this in every run. Without ``clear_refs`` a psutil sampler thread is used instead.
+network, warms it up on small inputs of the same block shapes, creates the inputs (and, for the
+update phase, the state), releases free heap pages (``malloc_trim``), reads the resident set size,
+resets the kernel's peak-RSS counter (``echo 5 > /proc/self/clear_refs``), runs the phase and
+reads the new peak (``VmHWM``). Peak minus baseline is the memory the phase needed beyond
+everything that existed before it (inputs, weights, state). The kernel tracks the peak on every
+page fault, so transient allocations are caught; calibration probes (a transient 1 MiB and 20 MiB
+tensor, and a no-op) check this in every run. Without ``clear_refs`` a psutil sampler thread is
+used instead. The subprocesses run with glibc's mmap threshold fixed at 64 KiB
+(``MALLOC_MMAP_THRESHOLD_=65536``), so that every freed tensor of 64 KiB or more goes back to the
+OS at once and RSS follows the live tensors; with glibc's default dynamic threshold (or with the
+threshold fixed only just before the phase), heap fragmentation made the peak of identical runs
+vary by several MiB (``--default-malloc`` to measure that way anyway). The price: large-tensor
+work runs 2-3x slower there (page faults), so encode times from these runs are upper bounds.
+Memory is deterministic to ~0.2 MiB this way, so a phase that takes over 20 s is measured once.
 
 Timing: single-point updates are timed in this process, all n interleaved in shuffled rounds so
 background load hits every n alike; medians and quartiles are reported. Encode times come from
@@ -40,6 +48,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -60,12 +69,16 @@ MODEL_KW = {"num_layers": 4, "num_latents": 64, "num_block_latents": 64}
 BLOCK_SIZE = 1024
 SEED = 0
 MODELS = ("cmanp", "tnp")
+PHASES = {"cmanp": ("encode", "update", "stream"), "tnp": ("encode", "update")}
 LABELS = {"cmanp": "CMANP (streamed, blocks of 1024)", "tnp": "TNP-D-style full attention"}
 MiB = 2**20
 GiB = 2**30
 # memory target tolerance: 10 % relative, or this absolute spread for phases whose peak is
 # within a few accounting units of zero (the kernel's RSS counters are exact to ~64 pages)
 ABS_TOL_BYTES = 256 * 1024
+MMAP_THRESHOLD = 65536
+SLOW_PHASE_S = 20.0  # a memory phase slower than this is measured once (deterministic)
+STREAM_MAX_N = 10**5  # the streaming diagnostic stops here (time budget)
 CALIBRATION = {"probe_noop": 0.0, "probe_transient_1MiB": 1.0, "probe_transient_20MiB": 20.0}
 
 
@@ -193,6 +206,8 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(1)
     model, n, phase = spec["model"], spec["n"], spec["phase"]
     out = {"model": model, "n": n, "phase": phase}
+    threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    malloc = f"MALLOC_MMAP_THRESHOLD_={threshold}" if threshold else "glibc default"
     with torch.no_grad():
         if phase.startswith("probe"):
             torch.ones(1000).sum()  # initialise the allocator
@@ -206,13 +221,7 @@ def worker(spec: dict) -> dict:
             out.update(input_bytes=0, state_bytes=0)
         else:
             net = make_model(model)
-            # warm up every code path on a small input (lazy initialisation, kernel selection)
-            warm_n = 2 * BLOCK_SIZE + 1 if model == "cmanp" else 64
-            xw, yw = make_inputs(warm_n, seed=1)
-            sw = encode(model, net, xw, yw)
-            sw = net.update(sw, xw[:, :1], yw[:, :1])
-            net.predict(sw, xw[:, :8])
-            del xw, yw, sw
+            warm_up(model, net, n)
             x, y = make_inputs(n, seed=SEED)
             out["input_bytes"] = 2 * x.numel() * x.element_size()
             if phase == "update":
@@ -222,6 +231,8 @@ def worker(spec: dict) -> dict:
                 t0 = time.perf_counter()
                 if phase == "encode":
                     result = encode(model, net, x, y)
+                elif phase == "stream":
+                    result = stream(net, x, y)
                 else:
                     result = net.update(state, x1, y1)
                 seconds = time.perf_counter() - t0
@@ -229,6 +240,7 @@ def worker(spec: dict) -> dict:
             del result
     out.update(
         method=meter.method,
+        malloc=malloc,
         baseline_rss_bytes=meter.baseline,
         peak_extra_bytes=meter.extra,
         phase_seconds=seconds,
@@ -236,9 +248,41 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def run_worker(spec: dict, timeout: float = 900) -> dict:
+def warm_up(model: str, net, n: int) -> None:
+    """Run every code path once on small inputs with the phase's block shapes.
+
+    CMANP: the first block (``min(n, 1024)`` points), a full and the last partial block on the
+    absorb path, a single-point update. TNP-D: a 64-point encode and update.
+    """
+    if model == "cmanp":
+        rest = n % BLOCK_SIZE or BLOCK_SIZE
+        for size in (min(n, BLOCK_SIZE), BLOCK_SIZE + rest):
+            xw, yw = make_inputs(size, seed=1)
+            sw = net.encode(xw, yw, block_size=BLOCK_SIZE)
+        stream(net, *make_inputs(1 + BLOCK_SIZE + rest, seed=2))
+    else:
+        xw, yw = make_inputs(64, seed=1)
+        sw = net.encode(xw, yw)
+    sw = net.update(sw, xw[:, :1], yw[:, :1])
+    net.predict(sw, xw[:, :8])
+
+
+def stream(net: CMANP, x: torch.Tensor, y: torch.Tensor):
+    """Diagnostic: encode the first point, absorb the rest with ``update`` in blocks of 1024."""
+    state = net.encode(x[:, :1], y[:, :1])
+    for start in range(1, x.shape[-2], BLOCK_SIZE):
+        stop = start + BLOCK_SIZE
+        state = net.update(state, x[:, start:stop], y[:, start:stop])
+    return state
+
+
+def run_worker(spec: dict, default_malloc: bool = False, timeout: float = 1800) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if not default_malloc:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {spec} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -330,14 +374,22 @@ def summarise(rows: list[dict], ns: list[int], cap_bytes: int) -> tuple[dict, di
     for m in MODELS:
         for n in ns:
             entry: dict = {}
-            for phase in ("encode", "update"):
-                mem = [r for r in rows if (r["model"], r["n"], r["phase"], r["measure"])
-                       == (m, n, phase, "peak_memory")]
-                tim = [r["value"] for r in rows if (r["model"], r["n"], r["phase"], r["measure"])
-                       == (m, n, phase, "time") and r["status"] == "ok"]
-                skipped = [r for r in mem if r["status"] == "skipped"]
+            for phase in PHASES[m]:
+                mem = [
+                    r
+                    for r in rows
+                    if (r["model"], r["n"], r["phase"], r["measure"])
+                    == (m, n, phase, "peak_memory")
+                ]
+                tim = [
+                    r["value"]
+                    for r in rows
+                    if (r["model"], r["n"], r["phase"], r["measure"]) == (m, n, phase, "time")
+                    and r["status"] == "ok"
+                ]
+                skipped = [r for r in mem if r["status"] != "ok"]
                 if skipped:
-                    entry[phase] = {"status": "skipped", "note": skipped[0]["note"]}
+                    entry[phase] = {"status": skipped[0]["status"], "note": skipped[0]["note"]}
                     continue
                 ok = [r for r in mem if r["status"] == "ok"]
                 e = {
@@ -361,18 +413,25 @@ def summarise(rows: list[dict], ns: list[int], cap_bytes: int) -> tuple[dict, di
 
     targets: dict = {}
     mem_ns = [n for n in ns if 10**3 <= n <= 10**6]
-    for phase in ("encode", "update"):
+    what = {
+        "encode": "while encoding with net.encode(block_size=1024)",
+        "update": "while absorbing one point with net.update",
+        "stream": "(DIAGNOSTIC, not an issue target) while streaming: encode 1 point, then "
+        "net.update in blocks of 1024",
+    }
+    for phase in PHASES["cmanp"]:
         vals = {n: med("cmanp", n, phase, "peak_extra_mib_median") for n in mem_ns}
+        vals = {n: v for n, v in vals.items() if v is not None}
         lo, hi = min(vals.values()), max(vals.values())
         ratio = hi / lo if lo > 0 else float("inf")
         spread_b = (hi - lo) * MiB
         rel_ok = ratio <= 1.10
         abs_ok = spread_b <= ABS_TOL_BYTES
-        targets[f"cmanp_{phase}_memory_flat"] = {
-            "description": f"CMANP peak memory beyond inputs while {phase}"
-            f"{' (blocks of 1024)' if phase == 'encode' else ' (one point)'} within 10% "
+        key = f"cmanp_{phase}_memory_flat" + ("_diagnostic" if phase == "stream" else "")
+        targets[key] = {
+            "description": f"CMANP peak memory beyond inputs {what[phase]}: within 10% "
             "from n=1e3 to 1e6",
-            "n_range": [min(mem_ns), max(mem_ns)],
+            "n_range": [min(vals), max(vals)],
             "values_mib": {str(n): round(v, 4) for n, v in vals.items()},
             "max_over_min": round(ratio, 4),
             "spread_kib": round(spread_b / 1024, 1),
@@ -380,7 +439,7 @@ def summarise(rows: list[dict], ns: list[int], cap_bytes: int) -> tuple[dict, di
             "for phases whose peak is near zero",
             "pass": bool(rel_ok or abs_ok),
             "passed_by": "relative" if rel_ok else ("absolute" if abs_ok else None),
-            "complete": max(mem_ns) == 10**6,
+            "complete": max(vals) == 10**6,
         }
     n_hi = max(n for n in ns if n <= 10**5)
     t_lo = med("cmanp", 10**2, "update", "time_median_s")
@@ -399,6 +458,38 @@ def summarise(rows: list[dict], ns: list[int], cap_bytes: int) -> tuple[dict, di
     return res, targets
 
 
+def extrapolate_tnp(res: dict, ns: list[int]) -> None:
+    """Add, for skipped full-attention sizes, what they would have needed.
+
+    Memory: the n^2*heads*4 B estimate and that estimate scaled by the measured/estimate ratio
+    at the largest measured n; time: the largest measured update time scaled by (n/n_max)^2.
+    """
+    done = [n for n in ns if res["tnp"][str(n)]["encode"]["status"] == "ok"]
+    if not done:
+        return
+    n_max = max(done)
+    e_max = res["tnp"][str(n_max)]
+    ratio = e_max["encode"]["peak_extra_mib_median"] * MiB / tnp_estimate_bytes(n_max)
+    t_max = e_max["update"].get("time_median_s")
+    for n in ns:
+        for phase in ("encode", "update"):
+            e = res["tnp"][str(n)][phase]
+            n_eff = n + (phase == "update")
+            if e["status"] == "ok":
+                e["measured_over_estimate"] = round(
+                    e["peak_extra_mib_median"] * MiB / tnp_estimate_bytes(n_eff), 3
+                )
+                continue
+            e["estimate_gib"] = round(tnp_estimate_bytes(n_eff) / GiB, 1)
+            e["extrapolated_gib"] = round(ratio * tnp_estimate_bytes(n_eff) / GiB, 1)
+            e["extrapolation"] = (
+                f"estimate x measured/estimate ratio {ratio:.2f} at n={n_max}; "
+                "time x (n/n_max)^2; NOT measured"
+            )
+            if phase == "update" and t_max is not None:
+                e["extrapolated_update_s"] = round(t_max * (n_eff / (n_max + 1)) ** 2, 1)
+
+
 def plot(res: dict, ns: list[int], path: Path) -> None:
     import matplotlib
 
@@ -410,29 +501,47 @@ def plot(res: dict, ns: list[int], path: Path) -> None:
     floor = 1e-3  # MiB; plotted floor for near-zero peaks
     ax = axes[0]
     for m in MODELS:
-        for phase, marker, ls in (("encode", "o", "-"), ("update", "s", "--")):
+        look = {"encode": ("o", "-"), "update": ("s", "--"), "stream": ("^", ":")}
+        for phase in PHASES[m]:
+            marker, ls = look[phase]
             xs, ys, sx, sy = [], [], [], []
             for n in ns:
                 e = res[m][str(n)][phase]
                 if e["status"] == "ok":
                     xs.append(n)
                     ys.append(max(e["peak_extra_mib_median"], floor))
-                else:
+                elif m == "tnp":
                     sx.append(n)
                     sy.append(tnp_estimate_bytes(n + (phase == "update")) / MiB)
-            what = "encode" if phase == "encode" else (
-                "absorb 1 point" if m == "cmanp" else "absorb 1 point (re-encode n+1)")
+            what = {
+                "encode": "encode" + (" (blocks of 1024)" if m == "cmanp" else ""),
+                "update": "absorb 1 point" if m == "cmanp" else "absorb 1 point (re-encode n+1)",
+                "stream": "diagnostic: encode 1 pt + update in blocks",
+            }[phase]
             ax.plot(xs, ys, marker=marker, ls=ls, label=f"{m.upper()}: {what}", **styles[m])
             if sx and phase == "encode":
-                ax.plot(sx, sy, marker="x", ls=":", color="C3",
-                        label="TNP-D skipped: n²·heads·4 B estimate")
-    ax.set(xscale="log", yscale="log", xlabel="context points n",
-           ylabel="peak memory beyond inputs (MiB)", title="Peak memory (separate processes)")
+                ax.plot(
+                    sx,
+                    sy,
+                    marker="x",
+                    ls=":",
+                    color="C3",
+                    label="TNP-D skipped: n²·heads·4 B estimate",
+                )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="context points n",
+        ylabel="peak memory beyond inputs (MiB)",
+        title="Peak memory (separate processes)",
+    )
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
 
-    for ax, phase, title in ((axes[1], "update", "Time to absorb one point"),
-                             (axes[2], "encode", "Time to encode n points")):
+    for ax, phase, title in (
+        (axes[1], "update", "Time to absorb one point"),
+        (axes[2], "encode", "Time to encode n points (memory runs, median)"),
+    ):
         for m in MODELS:
             xs, med, lo, hi = [], [], [], []
             for n in ns:
@@ -450,6 +559,21 @@ def plot(res: dict, ns: list[int], path: Path) -> None:
                     hi.append(0)
             label = LABELS[m] + (" (re-encode n+1)" if m == "tnp" and phase == "update" else "")
             ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=label, **styles[m])
+            ex = [
+                (n, res[m][str(n)][phase]["extrapolated_update_s"] * 1e3)
+                for n in ns
+                if "extrapolated_update_s" in res[m][str(n)][phase]
+            ]
+            if ex and xs:
+                ax.plot(
+                    [xs[-1]] + [n for n, _ in ex],
+                    [med[-1]] + [t for _, t in ex],
+                    ls=":",
+                    marker="o",
+                    mfc="none",
+                    color="C3",
+                    label="TNP-D extrapolated ~n² (not run)",
+                )
         ax.set(xscale="log", yscale="log", xlabel="context points n", ylabel="ms", title=title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
@@ -465,12 +589,29 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: n up to 1e4, fewer repeats")
     p.add_argument("--out", default="experiments/results", help="output directory")
-    p.add_argument("--mem-cap-gib", type=float, default=8.0,
-                   help="skip full attention where n^2*heads*4 B exceeds this (default 8)")
-    p.add_argument("--mem-repeats", type=int, default=3,
-                   help="memory runs per (model, n, phase); 2 where one run takes > 10 s")
-    p.add_argument("--update-repeats", type=int, default=None,
-                   help="max timed updates per n (default 500, quick 100)")
+    p.add_argument(
+        "--mem-cap-gib",
+        type=float,
+        default=None,
+        help="skip full attention where n^2*heads*4 B exceeds this (default 8, quick 1)",
+    )
+    p.add_argument(
+        "--mem-repeats",
+        type=int,
+        default=2,
+        help="memory runs (subprocesses) per (model, n, phase) (default 2)",
+    )
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="measure memory with glibc's default (dynamic) mmap threshold",
+    )
+    p.add_argument(
+        "--update-repeats",
+        type=int,
+        default=None,
+        help="max timed updates per n (default 500, quick 100)",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -481,6 +622,8 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     ns = NS_QUICK if args.quick else NS_FULL
     max_reps = args.update_repeats or (100 if args.quick else 500)
+    if args.mem_cap_gib is None:
+        args.mem_cap_gib = 1.0 if args.quick else 8.0
     cap_bytes = int(args.mem_cap_gib * GiB)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -489,9 +632,22 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
 
     def row(**kw) -> dict:
-        base = dict(model="", n="", phase="", measure="", repeat="", status="ok", value="",
-                    unit="", phase_seconds="", baseline_rss_bytes="", input_bytes="",
-                    state_bytes="", method="", note="")
+        base = dict(
+            model="",
+            n="",
+            phase="",
+            measure="",
+            repeat="",
+            status="ok",
+            value="",
+            unit="",
+            phase_seconds="",
+            baseline_rss_bytes="",
+            input_bytes="",
+            state_bytes="",
+            method="",
+            note="",
+        )
         base.update(kw)
         rows.append(base)
         return base
@@ -501,48 +657,97 @@ def main(argv: list[str] | None = None) -> None:
     print("calibrating the memory probe ...", flush=True)
     for phase, expected in CALIBRATION.items():
         for r in range(2):
-            o = run_worker({"model": "probe", "n": 0, "phase": phase})
-            row(model="calibration", n=0, phase=phase, measure="peak_memory", repeat=r,
-                value=o["peak_extra_bytes"], unit="bytes", phase_seconds=o["phase_seconds"],
-                baseline_rss_bytes=o["baseline_rss_bytes"], method=o["method"],
-                note=f"expected {expected} MiB")
-            calibration.append({"probe": phase, "expected_mib": expected,
-                                "measured_mib": round(o["peak_extra_bytes"] / MiB, 4),
-                                "method": o["method"]})
-    calib_ok = all(abs(c["measured_mib"] - c["expected_mib"]) <= 0.25 + 0.05 * c["expected_mib"]
-                   for c in calibration)
+            o = run_worker({"model": "probe", "n": 0, "phase": phase}, args.default_malloc)
+            row(
+                model="calibration",
+                n=0,
+                phase=phase,
+                measure="peak_memory",
+                repeat=r,
+                value=o["peak_extra_bytes"],
+                unit="bytes",
+                phase_seconds=o["phase_seconds"],
+                baseline_rss_bytes=o["baseline_rss_bytes"],
+                method=o["method"],
+                note=f"expected {expected} MiB",
+            )
+            calibration.append(
+                {
+                    "probe": phase,
+                    "expected_mib": expected,
+                    "measured_mib": round(o["peak_extra_bytes"] / MiB, 4),
+                    "method": o["method"],
+                }
+            )
+    calib_ok = all(
+        abs(c["measured_mib"] - c["expected_mib"]) <= 0.25 + 0.05 * c["expected_mib"]
+        for c in calibration
+    )
     for c in calibration:
-        print(f"  {c['probe']:<24} expected {c['expected_mib']:5.1f} MiB  "
-              f"measured {c['measured_mib']:8.3f} MiB", flush=True)
+        print(
+            f"  {c['probe']:<24} expected {c['expected_mib']:5.1f} MiB  "
+            f"measured {c['measured_mib']:8.3f} MiB",
+            flush=True,
+        )
 
     # 2. peak memory, one subprocess per (model, n, phase, repeat)
     for m in MODELS:
         for n in ns:
-            for phase in ("encode", "update"):
+            for phase in PHASES[m]:
                 n_eff = n + (phase == "update" and m == "tnp")
                 if m == "tnp" and tnp_estimate_bytes(n_eff) > cap_bytes:
                     need = tnp_estimate_bytes(n_eff) / GiB
-                    note = (f"skipped (would need {need:.0f} GiB for one layer's attention "
-                            f"scores, n^2*heads*4 B; cap {args.mem_cap_gib:g} GiB)")
-                    row(model=m, n=n, phase=phase, measure="peak_memory", status="skipped",
-                        note=note)
+                    note = (
+                        f"skipped (would need {need:.3g} GiB for one layer's attention "
+                        f"scores, n^2*heads*4 B; cap {args.mem_cap_gib:g} GiB)"
+                    )
+                    row(
+                        model=m,
+                        n=n,
+                        phase=phase,
+                        measure="peak_memory",
+                        status="skipped",
+                        note=note,
+                    )
                     print(f"  {m:<5} n={n:<8} {phase:<6} {note}", flush=True)
                     continue
+                if phase == "stream" and n > STREAM_MAX_N:
+                    row(
+                        model=m,
+                        n=n,
+                        phase=phase,
+                        measure="peak_memory",
+                        status="not_run",
+                        note=f"diagnostic limited to n <= {STREAM_MAX_N:g} (time budget)",
+                    )
+                    continue
                 for r in range(args.mem_repeats):
-                    o = run_worker({"model": m, "n": n, "phase": phase})
-                    row(model=m, n=n, phase=phase, measure="peak_memory", repeat=r,
-                        value=o["peak_extra_bytes"], unit="bytes",
+                    o = run_worker({"model": m, "n": n, "phase": phase}, args.default_malloc)
+                    row(
+                        model=m,
+                        n=n,
+                        phase=phase,
+                        measure="peak_memory",
+                        repeat=r,
+                        value=o["peak_extra_bytes"],
+                        unit="bytes",
                         phase_seconds=o["phase_seconds"],
                         baseline_rss_bytes=o["baseline_rss_bytes"],
-                        input_bytes=o["input_bytes"], state_bytes=o["state_bytes"],
-                        method=o["method"],
-                        note="tnp update = re-encode n+1 points" if m == "tnp"
-                        and phase == "update" else "")
-                    print(f"  {m:<5} n={n:<8} {phase:<6} rep {r}: "
-                          f"peak +{o['peak_extra_bytes'] / MiB:9.3f} MiB "
-                          f"({o['phase_seconds']:.3f} s)", flush=True)
-                    if r >= 1 and o["phase_seconds"] > 10:
-                        break
+                        input_bytes=o["input_bytes"],
+                        state_bytes=o["state_bytes"],
+                        method=f"{o['method']}; {o['malloc']}",
+                        note="tnp update = re-encode n+1 points"
+                        if m == "tnp" and phase == "update"
+                        else ("diagnostic" if phase == "stream" else ""),
+                    )
+                    print(
+                        f"  {m:<5} n={n:<8} {phase:<6} rep {r}: "
+                        f"peak +{o['peak_extra_bytes'] / MiB:9.3f} MiB "
+                        f"({o['phase_seconds']:.3f} s)",
+                        flush=True,
+                    )
+                    if o["phase_seconds"] > SLOW_PHASE_S:
+                        break  # deterministic to ~0.2 MiB; one run of a slow phase
 
     # 3. single-point update time, this process, n interleaved
     for m in MODELS:
@@ -552,20 +757,37 @@ def main(argv: list[str] | None = None) -> None:
         times = time_updates(m, fit, max_reps=max_reps, budget_s=budget)
         for n in ns:
             if n not in fit:
-                row(model=m, n=n, phase="update", measure="time", status="skipped",
-                    note="skipped (memory cap)")
+                row(
+                    model=m,
+                    n=n,
+                    phase="update",
+                    measure="time",
+                    status="skipped",
+                    note="skipped (memory cap)",
+                )
                 continue
             for r, t in enumerate(times[n]):
-                row(model=m, n=n, phase="update", measure="time", repeat=r, value=t, unit="s",
-                    note="re-encode n+1 points" if m == "tnp" else "")
-            print(f"  {m:<5} n={n:<8} update median {statistics.median(times[n]) * 1e3:10.3f} ms"
-                  f" over {len(times[n])} repeats", flush=True)
+                row(
+                    model=m,
+                    n=n,
+                    phase="update",
+                    measure="time",
+                    repeat=r,
+                    value=t,
+                    unit="s",
+                    note="re-encode n+1 points" if m == "tnp" else "",
+                )
+            print(
+                f"  {m:<5} n={n:<8} update median {statistics.median(times[n]) * 1e3:10.3f} ms"
+                f" over {len(times[n])} repeats",
+                flush=True,
+            )
 
     res, targets = summarise(rows, ns, cap_bytes)
+    extrapolate_tnp(res, ns)
     machine["load_average_end"] = os.getloadavg()
     wall = time.perf_counter() - t_start
-    command = "python experiments/scaling.py" + (" --quick" if args.quick else "") + (
-        f" --out {args.out}" if args.out != "experiments/results" else "")
+    command = shlex.join(["python", "experiments/scaling.py", *(argv or sys.argv[1:])])
     summary = {
         "benchmark": "scaling",
         "command": command,
@@ -575,23 +797,35 @@ def main(argv: list[str] | None = None) -> None:
         "setup": {
             "model_config": config().to_dict(),
             "weights": f"random init, torch.manual_seed({SEED}) (weights do not change cost)",
-            "batch": 1, "dim_x": 1, "dim_y": 1, "dtype": "float32", "threads": 1,
-            "cmanp_block_size": BLOCK_SIZE, "ns": ns,
+            "batch": 1,
+            "dim_x": 1,
+            "dim_y": 1,
+            "dtype": "float32",
+            "threads": 1,
+            "cmanp_block_size": BLOCK_SIZE,
+            "ns": ns,
             "tnp": "surrogates.tnp.TNPD: embedder + num_layers SelfAttentionLayer over all "
-                   "context tokens (same d_model/heads/d_ff/layers); update re-encodes n+1",
+            "context tokens (same d_model/heads/d_ff/layers); update re-encodes n+1",
             "tnp_memory_cap_gib": args.mem_cap_gib,
         },
         "method": {
             "memory": "one fresh subprocess per (model, n, phase, repeat): build net, warm up on "
-                      "a small input, create inputs (and the state for the update phase), "
-                      "gc + malloc_trim, read VmRSS as baseline, reset the kernel peak-RSS "
-                      "counter (echo 5 > /proc/self/clear_refs), run the phase, read VmHWM; "
-                      "reported = VmHWM - baseline (memory beyond inputs, weights and state)",
+            "small inputs with the same block shapes, create inputs (and the state "
+            "for the update phase), gc + malloc_trim, read VmRSS as baseline, reset "
+            "the kernel peak-RSS counter (echo 5 > /proc/self/clear_refs), run the "
+            "phase, read VmHWM; reported = VmHWM - baseline (memory beyond inputs, "
+            "weights and state). Calibrated by transient 1 and 20 MiB tensors.",
+            "malloc": "glibc default (dynamic mmap threshold)"
+            if args.default_malloc
+            else f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} in the subprocesses: freed "
+            "tensors >= 64 KiB return to the OS at once, so RSS follows live tensors "
+            "(the default dynamic threshold leaves heap fragmentation that made "
+            "identical runs differ by several MiB)",
             "memory_method_used": sorted({c["method"] for c in calibration}),
             "timing": "time.perf_counter around one net.update(state, x1, y1) call in the main "
-                      "process, all n interleaved in shuffled rounds, gc disabled; each repeat "
-                      "absorbs a different point into the same state of n points; median and "
-                      "quartiles. Encode times: one encode per memory subprocess (median).",
+            "process, all n interleaved in shuffled rounds, gc disabled; each repeat "
+            "absorbs a different point into the same state of n points; median and "
+            "quartiles. Encode times: one encode per memory subprocess (median).",
         },
         "calibration": calibration,
         "calibration_ok": calib_ok,
@@ -606,8 +840,10 @@ def main(argv: list[str] | None = None) -> None:
         json.dump(summary, f, indent=2)
     plot(res, ns, out / "scaling.png")
 
-    print(f"\n{'model':<6} {'n':>8} {'enc peak MiB':>13} {'enc s':>8} {'upd peak MiB':>13} "
-          f"{'upd median ms':>14}")
+    print(
+        f"\n{'model':<6} {'n':>8} {'enc peak MiB':>13} {'enc s':>8} {'upd peak MiB':>13} "
+        f"{'upd median ms':>14}"
+    )
     for m in MODELS:
         for n in ns:
             e, u = res[m][str(n)]["encode"], res[m][str(n)]["update"]
@@ -615,11 +851,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{m:<6} {n:>8}  {e['note']}")
                 continue
             ut = f"{u['time_median_s'] * 1e3:14.3f}" if "time_median_s" in u else f"{'-':>14}"
-            print(f"{m:<6} {n:>8} {e['peak_extra_mib_median']:13.3f} "
-                  f"{e['phase_seconds_median']:8.3f} {u['peak_extra_mib_median']:13.3f} {ut}")
+            print(
+                f"{m:<6} {n:>8} {e['peak_extra_mib_median']:13.3f} "
+                f"{e['phase_seconds_median']:8.3f} {u['peak_extra_mib_median']:13.3f} {ut}"
+            )
     for k, t in targets.items():
-        print(f"target {k}: {'PASS' if t['pass'] else 'FAIL'}"
-              f"{'' if t['complete'] else ' (partial range: quick run)'}")
+        print(
+            f"target {k}: {'PASS' if t['pass'] else 'FAIL'}"
+            f"{'' if t['complete'] else ' (n range ' + str(t.get('n_range', '')) + ')'}"
+        )
     print(f"calibration ok: {calib_ok}; wall {wall:.0f} s; wrote {out}/scaling.{{csv,json,png}}")
 
 
