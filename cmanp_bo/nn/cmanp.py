@@ -180,7 +180,9 @@ class CMANP(nn.Module):
         return self.model_latents.dtype
 
     # ----------------------------------------------------------------------------- validation
-    def _check_inputs(self, x: Tensor, name: str, width: int, width_name: str) -> None:
+    def _check_inputs(
+        self, x: Tensor, name: str, width: int, width_name: str, finite: bool = True
+    ) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -201,12 +203,12 @@ class CMANP(nn.Module):
             )
         if x.shape[-2] == 0:
             raise ValueError(f"{name} is empty: it holds no points (shape {tuple(x.shape)})")
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf values")
+        if finite:
+            _check_finite(x, name)
 
-    def _check_pair(self, x: Tensor, y: Tensor) -> torch.Size:
-        self._check_inputs(x, "x", self.cfg.dim_x, "dim_x")
-        self._check_inputs(y, "y", self.cfg.dim_y, "dim_y")
+    def _check_pair(self, x: Tensor, y: Tensor, finite: bool = True) -> torch.Size:
+        self._check_inputs(x, "x", self.cfg.dim_x, "dim_x", finite)
+        self._check_inputs(y, "y", self.cfg.dim_y, "dim_y", finite)
         if x.shape[-2] != y.shape[-2]:
             raise ValueError(f"x holds {x.shape[-2]} points but y holds {y.shape[-2]}")
         return _broadcast_batch(x.shape[:-2], y.shape[:-2], "x", "y")
@@ -218,35 +220,39 @@ class CMANP(nn.Module):
         return self.embed_context(torch.cat([x, y], dim=-1))
 
     def encode(self, x: Tensor, y: Tensor, block_size: int | None = None) -> ContextState:
-        """Absorb a context set, streaming it in blocks.
+        """Absorb a context set, all at once or streamed in blocks.
 
         Args:
             x: ``batch_shape x n x dim_x`` context inputs.
             y: ``batch_shape x n x dim_y`` context outputs.
-            block_size: points embedded at a time (``None``: all at once). Peak memory is
-                O(block_size); the result does not depend on it beyond rounding.
+            block_size: ``None``: one-shot softmax attention over all points (the training
+                path; memory O(n)). An int: stream the points in blocks of that size through
+                the update rule, starting from the empty state; peak memory is O(block_size),
+                independent of n (inputs are also validated block by block). The result does
+                not depend on the block size beyond rounding.
 
         Returns:
             The ``ContextState`` of the ``n`` points.
         """
-        batch_shape = self._check_pair(x, y)
-        n = x.shape[-2]
-        if block_size is None:
-            block_size = n
-        if not isinstance(block_size, int) or block_size < 1:
+        if block_size is not None and (
+            not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1
+        ):
             raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-        layers: list[AttentionStats] | None = None
+        streamed = block_size is not None
+        batch_shape = self._check_pair(x, y, finite=not streamed)
+        n = x.shape[-2]
+        if not streamed:
+            tokens = self._context_tokens(x, y, batch_shape)
+            return ContextState(tuple(blk.context_stats(tokens) for blk in self.encoder), n)
+        state = self.empty_state(batch_shape)
+        layers = state.layers
         for start in range(0, n, block_size):
-            tokens = self._context_tokens(
-                x[..., start : start + block_size, :],
-                y[..., start : start + block_size, :],
-                batch_shape,
-            )
-            if layers is None:
-                layers = [blk.context_stats(tokens) for blk in self.encoder]
-            else:
-                layers = [blk.absorb(s, tokens) for blk, s in zip(self.encoder, layers)]
-        return ContextState(tuple(layers), n)
+            xb, yb = x[..., start : start + block_size, :], y[..., start : start + block_size, :]
+            _check_finite(xb, "x")
+            _check_finite(yb, "y")
+            tokens = self._context_tokens(xb, yb, batch_shape)
+            layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, layers))
+        return ContextState(layers, n)
 
     def empty_state(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> ContextState:
         """The state of no context at all (predictions are then the prior's).
@@ -425,6 +431,11 @@ class CMANP(nn.Module):
             MultivariateNormal(mean, cov + torch.diag_embed(noise_var)).log_prob(y) / y.shape[-1]
         )
         return -0.5 * (marginal + joint).mean()
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values")
 
 
 def _broadcast_batch(a: torch.Size, b: torch.Size, name_a: str, name_b: str) -> torch.Size:
