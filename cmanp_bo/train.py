@@ -24,14 +24,16 @@ from tqdm import tqdm
 
 from cmanp_bo.checkpoint import save_checkpoint
 from cmanp_bo.nn import CMANP, CMANPConfig
-from cmanp_bo.priors import GPSampler
+from cmanp_bo.priors import BOPriorSampler, GPSampler
 
 
 @dataclass
 class TrainConfig:
     """What a training run does; stored in the checkpoint and checked on resume."""
 
-    kernel: str = "rbf"
+    kernel: str = "rbf"  # the 1-D GP prior's kernel
+    prior: str = "gp1d"  # "gp1d" (the paper's 1-D protocol) or "bo" (d-dim unit cube)
+    prior_options: dict = field(default_factory=dict)  # BOPriorSampler keyword arguments
     steps: int = 100_000
     batch_size: int = 16
     lr: float = 5e-4
@@ -42,6 +44,32 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # CMANPConfig overrides
 
 
+PRIORS = ("gp1d", "bo")
+
+
+def make_sampler(cfg: TrainConfig, seed: int) -> GPSampler | BOPriorSampler:
+    """The task sampler of a run (``seed`` separates training from held-out tasks)."""
+    if cfg.prior == "gp1d":
+        return GPSampler(cfg.kernel, seed=seed)
+    if cfg.prior == "bo":
+        return BOPriorSampler(seed=seed, **cfg.prior_options)
+    raise ValueError(f"unknown prior {cfg.prior!r}; choose one of {PRIORS}")
+
+
+def describe_prior(cfg: TrainConfig) -> str:
+    if cfg.prior == "bo":
+        return f"d-dim GP prior on the unit cube (cmanp_bo.priors.bo), options {cfg.prior_options}"
+    return (
+        f"1-D GP ({cfg.kernel}), paper protocol: x~U[-2,2], Nc~U{{3..46}}, "
+        "Nt~U{3..49-Nc}, lengthscale~U[0.1,0.6), scale~U[0.1,1.0), noise std 0.02"
+    )
+
+
+def _same_config(saved: dict, cfg: TrainConfig) -> bool:
+    # fields added after a run started take their defaults
+    return {**asdict(TrainConfig()), **saved} == asdict(cfg)
+
+
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -50,15 +78,20 @@ def hardware() -> str:
 
 def evaluate(
     net: CMANP,
-    kernel: str,
+    prior: str | TrainConfig,
     num_batches: int,
     batch_size: int = 16,
     seed: int = 10_000,
     device: str = "cpu",
 ) -> tuple[float, float]:
     """Mean target log-likelihood (joint for the AND head) and its standard error on a fixed,
-    seeded held-out set."""
-    sampler = GPSampler(kernel, seed=seed)
+    seeded held-out set.
+
+    Args:
+        prior: a run's ``TrainConfig`` or, for the 1-D GP prior, its kernel name.
+    """
+    cfg = TrainConfig(kernel=prior) if isinstance(prior, str) else prior
+    sampler = make_sampler(cfg, seed)
     values = []
     net.eval()
     with torch.no_grad():
@@ -103,11 +136,11 @@ def train(
     torch.manual_seed(cfg.seed)
     net = CMANP(CMANPConfig(**cfg.model)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sampler = GPSampler(cfg.kernel, seed=cfg.seed)
+    sampler = make_sampler(cfg, cfg.seed)
     step, wall, curve = 0, 0.0, []
     if last.exists():
         ckpt = torch.load(last, map_location=device, weights_only=False)
-        if ckpt["train_config"] != asdict(cfg):
+        if not _same_config(ckpt["train_config"], cfg):
             raise ValueError(
                 f"{last} was written by a different configuration:\n{ckpt['train_config']}\n"
                 f"vs now\n{asdict(cfg)}\nuse another --out or the same settings"
@@ -165,7 +198,7 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}", refresh=False)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            ll, se = evaluate(net, cfg.kernel, cfg.eval_batches, device=device)
+            ll, se = evaluate(net, cfg, cfg.eval_batches, device=device)
             curve.append([step, round(wall, 1), round(ll, 4), round(se, 4)])
             bar.write(f"step {step}: held-out LL {ll:.3f} +- {se:.3f} ({wall / 60:.1f} min)")
             write_curve()
@@ -178,8 +211,7 @@ def train(
     bar.close()
     write_curve()
     card = {
-        "prior": f"1-D GP ({cfg.kernel}), paper protocol: x~U[-2,2], Nc~U{{3..46}}, "
-        "Nt~U{3..49-Nc}, lengthscale~U[0.1,0.6), scale~U[0.1,1.0), noise std 0.02",
+        "prior": describe_prior(cfg),
         "steps": step,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
@@ -198,6 +230,12 @@ def train(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (resumes if it holds last.pt)")
     p.add_argument("--kernel", default="rbf", choices=["rbf", "matern", "periodic"])
+    p.add_argument("--prior", default="gp1d", choices=PRIORS)
+    p.add_argument(
+        "--prior-options",
+        default="{}",
+        help="JSON of BOPriorSampler options for --prior bo, e.g. '{\"max_dim\": 10}'",
+    )
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -218,6 +256,8 @@ def run_from_args(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(
         kernel=args.kernel,
+        prior=args.prior,
+        prior_options=json.loads(args.prior_options),
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -227,7 +267,8 @@ def run_from_args(args: argparse.Namespace) -> Path:
         checkpoint_every=args.checkpoint_every,
         model=json.loads(args.model),
     )
-    CMANPConfig(**cfg.model)  # fail early on a bad architecture
+    CMANPConfig(**cfg.model)  # fail early on a bad architecture or prior
+    make_sampler(cfg, 0)
     path = train(cfg, args.out)
     print(f"wrote {path}")
     return path

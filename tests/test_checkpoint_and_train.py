@@ -124,3 +124,21 @@ def test_shipped_checkpoints_load_and_verify():
         assert net.cfg.to_dict() == card["config"]
     with pytest.raises(CheckpointError, match="no shipped checkpoint"):
         pretrained.path_of("does-not-exist")
+
+
+def test_training_on_the_bo_prior(tmp_path):
+    model = {**TINY, "dim_x": 3, "joint_head": True}
+    cfg = TrainConfig(
+        prior="bo",
+        prior_options={"max_dim": 3, "max_context": 32, "num_targets": 8},
+        steps=4,
+        batch_size=2,
+        eval_every=4,
+        eval_batches=2,
+        model=model,
+    )
+    net = load_checkpoint(train(cfg, tmp_path, progress=False))
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert net.cfg.dim_x == 3 and "unit cube" in card["prior"] and len(card["heldout_curve"]) == 1
+    with pytest.raises(ValueError, match="unknown prior"):
+        train(TrainConfig(prior="nope", model=TINY), tmp_path / "x", progress=False)
