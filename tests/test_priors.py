@@ -50,3 +50,20 @@ def test_bo_prior_tasks_are_in_the_model_frame_and_padded():
     assert torch.isfinite(a.lengthscales).any(-1).all()  # at least one relevant dimension
     sizes = {BOPriorSampler(seed=s).sample(1).xc.shape[1] for s in range(40)}
     assert min(sizes) >= 1 and max(sizes) <= 512 and len(sizes) > 10
+
+
+def test_bo_prior_truth_reproduces_the_data_distribution():
+    """The recorded hyperparameters (in frame units) are those that generated the framed data."""
+    from cmanp_bo.priors import BOPriorSampler, bo_kernel
+
+    b = BOPriorSampler(max_dim=4, seed=2, dtype=torch.float64).sample(64, dim=2, num_context=30)
+    x = torch.cat([b.xc, b.xt], 1)[..., :2]
+    y = torch.cat([b.yc, b.yt], 1).squeeze(-1)
+    cov = b.signal_std[:, None, None] ** 2 * bo_kernel(b.kernel, x, x, b.lengthscales)
+    cov = cov + torch.diag_embed((b.noise_std**2)[:, None].expand(-1, x.shape[1]))
+    dist = torch.distributions.MultivariateNormal(b.mean[:, None].expand(-1, x.shape[1]), cov)
+    whitened = torch.linalg.solve_triangular(
+        dist.scale_tril, (y - dist.loc).unsqueeze(-1), upper=False
+    ).squeeze(-1)
+    # whitened residuals of the true model are standard normal
+    assert abs(whitened.mean().item()) < 0.05 and abs(whitened.std().item() - 1) < 0.05

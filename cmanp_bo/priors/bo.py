@@ -42,6 +42,8 @@ class BOBatch:
     lengthscales: Tensor  # b x dim (inf for irrelevant dimensions)
     noise_std: Tensor  # b, in frame units
     kernel: str
+    signal_std: Tensor  # b, the GP's output std in frame units
+    mean: Tensor  # b, the GP's constant mean in frame units
 
 
 def bo_kernel(kind: str, x1: Tensor, x2: Tensor, lengthscales: Tensor) -> Tensor:
@@ -135,4 +137,6 @@ class BOPriorSampler:
             ls,
             noise_frac * out_scale / frame.std,
             kernel,
+            out_scale / frame.std,
+            (mean.view(b) - frame.mean) / frame.std,
         )
