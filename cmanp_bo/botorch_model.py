@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import math
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +168,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
         checkpoint: str | Path | CMANP = "default",
         rebase_factor: float | None = 2.0,
         outcome_frame: OutcomeFrame | None = None,
+        state_cache: StateCache | None = None,
     ) -> None:
         r"""
         Args:
@@ -185,6 +189,11 @@ class CMANPModel(Model, FantasizeMixin, GP):
                 ``rebase_factor`` times the number the frame was computed from (``None``: never).
             outcome_frame: use this frame instead of computing it from ``train_Y`` (e.g. to
                 rebuild a model in the frame of another one).
+            state_cache: a ``StateCache`` for loops that rebuild the model from the full data
+                at every iteration (Ax does). When the data begin with a data set already
+                absorbed into the cache, only the points after it are embedded; the frame
+                then follows a fixed schedule (see ``StateCache``). Used for unbatched data
+                without an explicit ``outcome_frame`` only.
         """
         super().__init__()
         train_X, train_Y = _validate_data(train_X, train_Y, "train_X", "train_Y")
@@ -221,9 +230,17 @@ class CMANPModel(Model, FantasizeMixin, GP):
             self.outcome_transform = outcome_transform
         X = self._pad(X.to(torch.float64))
         Y = Y.to(torch.float64)
-        self._frame = OutcomeFrame.from_data(Y) if outcome_frame is None else outcome_frame
-        self._history = _History(None, X, Y)
-        self._state = net.encode(X, self._frame.apply(Y), block_size=ENCODE_BLOCK)
+        if state_cache is not None and outcome_frame is None and X.dim() == 2:
+            built = state_cache.build(net, X, Y, rebase_factor)
+            self._state, self._frame, self._history = built.state, built.frame, built.history
+            self.num_embedded = built.record.embedded
+        else:
+            self._frame = OutcomeFrame.from_data(Y) if outcome_frame is None else outcome_frame
+            self._history = _History(None, X, Y)
+            self._state = net.encode(X, self._frame.apply(Y), block_size=ENCODE_BLOCK)
+            #: Points pushed through the network to build this model (all of them without a
+            #: cache; only those not yet absorbed with one).
+            self.num_embedded = X.shape[-2]
         self.to(train_X)
 
     # -------------------------------------------------------------------------------- basics
@@ -399,7 +416,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
                 f"X {tuple(X.shape[:-2])}, Y {tuple(Y.shape[:-2])}"
             ) from None
         if X.shape[-2] == 0:
-            return self._with(self._state.expand(batch), self._frame, self._history)
+            return self._with(self._state.expand(batch), self._frame, self._history, 0)
         X_tf = self._preprocess_inputs(X)
         _warn_outside_unit_cube(X_tf)
         Z = self._pad(X_tf.to(torch.float64))
@@ -415,11 +432,13 @@ class CMANPModel(Model, FantasizeMixin, GP):
             all_X, all_Y = history.concatenated()
             frame = OutcomeFrame.from_data(all_Y)
             state = self._net.encode(all_X, frame.apply(all_Y), block_size=ENCODE_BLOCK)
-            return self._with(state, frame, history)
+            return self._with(state, frame, history, all_X.shape[-2])
         state = self._net.update(self._state, Z, self._frame.apply(Y))
-        return self._with(state, self._frame, history)
+        return self._with(state, self._frame, history, Z.shape[-2])
 
-    def _with(self, state: ContextState, frame: OutcomeFrame, history: _History) -> CMANPModel:
+    def _with(
+        self, state: ContextState, frame: OutcomeFrame, history: _History, embedded: int
+    ) -> CMANPModel:
         new = copy.copy(self)  # shallow: shares the network; fresh module dicts below
         new._parameters = dict(self._parameters)
         new._buffers = dict(self._buffers)
@@ -428,6 +447,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
             k: v if k == "likelihood" else copy.deepcopy(v) for k, v in self._modules.items()
         }
         new._state, new._frame, new._history = state, frame, history
+        new.num_embedded = embedded
         return new
 
     # -------------------------------------------------------------------------------- helpers
@@ -447,6 +467,165 @@ class CMANPModel(Model, FantasizeMixin, GP):
             Y, _ = self.outcome_transform(Y)
         _validate_finite(Y, "Y after the outcome transform")
         return Y
+
+
+# ------------------------------------------------------------------------------------ cache
+def frame_base(num_points: int, rebase_factor: float | None) -> int:
+    """The number of leading points the outcome frame of ``num_points`` points is computed from.
+
+    The largest point of the re-base schedule ``1, s_1, s_2, ...`` (``s_{k+1} = ceil(f s_k)``,
+    at least ``s_k + 1``) that is ``<= num_points``: ``1, 2, 4, 8, ...`` for ``f = 2``. With
+    ``rebase_factor=None`` the frame is never re-based: all points.
+    """
+    if rebase_factor is None:
+        return num_points
+    base = 1
+    while True:
+        nxt = max(base + 1, math.ceil(base * rebase_factor))
+        if nxt > num_points:
+            return base
+        base = nxt
+
+
+@dataclass(frozen=True)
+class EmbedRecord:
+    """What one model build through a ``StateCache`` cost.
+
+    Attributes:
+        num_points: points in the data set the model was built on.
+        embedded: points pushed through the network (the new ones, or all on a miss/re-base).
+        reused: points taken over from a cached state without touching the network.
+        rebased: the frame moved to the next point of the schedule (all points re-encoded).
+    """
+
+    num_points: int
+    embedded: int
+    reused: int
+    rebased: bool
+
+
+@dataclass(frozen=True)
+class _Built:
+    state: ContextState
+    frame: OutcomeFrame
+    history: _History
+    record: EmbedRecord
+
+
+@dataclass(frozen=True)
+class _CacheEntry:
+    net: CMANP
+    rebase_factor: float | None
+    num_points: int
+    width: int
+    digest: str
+    state: ContextState
+    frame: OutcomeFrame
+    history: _History
+
+
+def _digest(Z: Tensor, Y: Tensor, n: int) -> str:
+    """Hash of the first ``n`` rows of ``(Z, Y)`` (exact bytes, shapes and dtypes included)."""
+    h = hashlib.blake2b(digest_size=20)
+    for T in (Z[..., :n, :], Y[..., :n, :]):
+        T = T.detach().cpu().contiguous()
+        h.update(f"{tuple(T.shape)}{T.dtype}".encode())
+        h.update(T.numpy().tobytes())
+    return h.hexdigest()
+
+
+class StateCache:
+    """States of data sets already absorbed, so a model rebuilt on more data embeds only the rest.
+
+    Loops such as Ax's rebuild the surrogate from the FULL data at every iteration. Given the
+    data ``(Z, Y)`` (inputs after the input transform, outcomes after the outcome transform) the
+    cache looks for the largest cached data set that is an exact prefix of it: same network,
+    same ``rebase_factor``, and equal bytes (checked by a hash of the prefix, recomputed from the
+    new data, so a changed, reordered or removed old point is never reused). It then absorbs
+    only the rows after the prefix with the constant-cost update; without a match it encodes
+    everything.
+
+    The outcome frame follows a fixed schedule so that the model is a function of the data alone,
+    whether built incrementally or from scratch (e.g. after restarting a process): the frame of
+    ``n`` points is computed from the first ``frame_base(n, rebase_factor)`` of them (the first
+    1, 2, 4, 8, ... points for a factor of 2). When ``n`` reaches the next point of the schedule
+    all points are re-encoded in the new frame: O(n) work every time ``n`` doubles, O(1)
+    amortised per point. A state built incrementally equals the one-shot encoding up to
+    floating-point rounding (the update is exact and order-free).
+
+    Args:
+        max_entries: data sets kept (least recently used dropped first). A state is constant in
+            size; each entry also shares the model's history of absorbed points.
+    """
+
+    def __init__(self, max_entries: int = 16) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _CacheEntry] = OrderedDict()
+        self._records: list[EmbedRecord] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def records(self) -> list[EmbedRecord]:
+        """One ``EmbedRecord`` per model built through the cache, oldest first."""
+        return list(self._records)
+
+    def clear(self) -> None:
+        """Forget every cached state and record (the next build encodes from scratch)."""
+        self._entries.clear()
+        self._records.clear()
+
+    def _lookup(
+        self, net: CMANP, Z: Tensor, Y: Tensor, rebase_factor: float | None
+    ) -> _CacheEntry | None:
+        n = Z.shape[-2]
+        candidates = [
+            e
+            for e in self._entries.values()
+            if e.net is net
+            and e.rebase_factor == rebase_factor
+            and e.width == Z.shape[-1]
+            and e.num_points <= n
+        ]
+        digests: dict[int, str] = {}
+        for entry in sorted(candidates, key=lambda e: -e.num_points):
+            if entry.num_points not in digests:
+                digests[entry.num_points] = _digest(Z, Y, entry.num_points)
+            if digests[entry.num_points] == entry.digest:
+                return entry
+        return None
+
+    def build(self, net: CMANP, Z: Tensor, Y: Tensor, rebase_factor: float | None) -> _Built:
+        """State, frame and history of ``(Z, Y)`` (``n x dim_x``, ``n x 1``, float64), re-using
+        the longest cached prefix. The result is cached in turn."""
+        n = Z.shape[-2]
+        hit = self._lookup(net, Z, Y, rebase_factor)
+        base = frame_base(n, rebase_factor)
+        if hit is not None and (rebase_factor is None or hit.frame.num_points == base):
+            frame, k = hit.frame, hit.num_points
+            if k == n:
+                state, history = hit.state, hit.history
+            else:
+                Z_new, Y_new = Z[k:], Y[k:]
+                state = net.update(hit.state, Z_new, frame.apply(Y_new))
+                history = _History(hit.history, Z_new, Y_new)
+            record = EmbedRecord(num_points=n, embedded=n - k, reused=k, rebased=False)
+        else:
+            frame = OutcomeFrame.from_data(Y[:base])
+            state = net.encode(Z, frame.apply(Y), block_size=ENCODE_BLOCK)
+            history = _History(None, Z, Y)
+            record = EmbedRecord(num_points=n, embedded=n, reused=0, rebased=hit is not None)
+        digest = _digest(Z, Y, n)
+        entry = _CacheEntry(net, rebase_factor, n, Z.shape[-1], digest, state, frame, history)
+        self._entries.pop(digest, None)
+        self._entries[digest] = entry
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        self._records.append(record)
+        return _Built(state, frame, history, record)
 
 
 # ------------------------------------------------------------------------------------ joint
@@ -657,4 +836,4 @@ def _no_matheron_paths(model: CMANPModel, **kwargs: Any) -> None:
     )
 
 
-__all__ = ["CMANPModel", "OutcomeFrame", "sample_optima"]
+__all__ = ["CMANPModel", "EmbedRecord", "OutcomeFrame", "StateCache", "frame_base", "sample_optima"]
