@@ -170,6 +170,18 @@ def test_nearby_points_correlated_distant_not_with_trained_checkpoint():
     assert corr[0, 2].abs() < 0.3
 
 
+def test_trained_joint_head_correlates_nearby_points_only():
+    """With the trained 1-D CMANP-AND checkpoint: joint samples of two nearby points are strongly
+    correlated, those of two distant points nearly uncorrelated."""
+    X = torch.rand(12, 1, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    model = CMANPModel(X, torch.sin(6 * X), checkpoint="gp1d-rbf-cmanp-and")
+    pts = torch.tensor([[0.50], [0.505], [0.05], [0.95]], dtype=DTYPE)
+    samples = model.posterior(pts).rsample(torch.Size([4096])).squeeze(-1)
+    corr = torch.corrcoef(samples.T)
+    assert corr[0, 1] > 0.9
+    assert corr[2, 3].abs() < 0.3 and corr[0, 2].abs() < 0.3
+
+
 def test_observation_noise_and_posterior_transform(model):
     X = rand(3, 2, 2)
     base = model.posterior(X)

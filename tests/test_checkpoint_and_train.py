@@ -117,6 +117,7 @@ def test_training_reduces_loss(tmp_path):
 
 def test_shipped_checkpoints_load_and_verify():
     names = pretrained.available()
+    assert {"gp1d-rbf-cmanp", "gp1d-rbf-cmanp-and"} <= set(names)
     for name in names:
         net = pretrained.load(name)
         card = pretrained.card(name)
