@@ -252,6 +252,7 @@ class CMANP(nn.Module):
             _check_finite(yb, "y")
             tokens = self._context_tokens(xb, yb, batch_shape)
             layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, layers))
+            del tokens, xb, yb  # free this block before the next one is embedded
         return ContextState(layers, n)
 
     def empty_state(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> ContextState:
