@@ -487,8 +487,11 @@ def _by_cell(rows: list[dict]) -> dict[tuple[int, int, str], dict[int, dict]]:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per cell and model: tasks, mean LL and its standard error over tasks, mean coverage,
-    non-finite LLs and failed fits (excluded from the mean / counted), summed seconds, and
-    ``ll_gp_tasks``: the mean LL on the tasks the GP was fitted on, where that is a subset."""
+    non-finite LLs and failed fits (excluded from the mean / counted), summed seconds, and, where
+    the GP was fitted on a subset of the tasks: ``ll_gp_tasks``, the mean LL on that subset, and
+    for the fitted GP ``ll_paired``/``ll_paired_se``: the exact GP's mean on all tasks plus the
+    paired difference fitted - exact on the subset (an estimate of the fitted GP's mean on all
+    tasks, comparable with the other models'; the plot shows it)."""
     out = []
     cells = _by_cell(rows)
     gp_tasks = {(d, n): set(ts) for (d, n, m), ts in cells.items() if m == "fitted_gp_marginal"}
@@ -510,6 +513,13 @@ def summarize(rows: list[dict]) -> list[dict]:
         subset = gp_tasks.get((d, n), set()) & set(by_task)
         if subset and len(subset) < len(by_task):  # the same tasks as the fitted GP's
             entry["ll_gp_tasks"] = _mean_se([float(by_task[t]["ll"]) for t in subset])[0]
+        if model.startswith("fitted_gp") and subset:
+            exact = cells.get((d, n, model.replace("fitted", "exact")), {})
+            diff = _paired(cells, (d, n, model), (d, n, model.replace("fitted", "exact")))
+            if diff is not None and len(exact) > diff["tasks"]:
+                base, base_se = _mean_se([float(r["ll"]) for r in exact.values()])
+                entry["ll_paired"] = base + diff["diff"]
+                entry["ll_paired_se"] = math.hypot(base_se, diff["se"])
         entry["seconds"] = sum(float(r["seconds"]) for r in rs)
         out.append(entry)
     return out
@@ -640,11 +650,20 @@ def target_checks(
 
 
 # ------------------------------------------------------------------------------------- plot
+def _plotted(entry: dict) -> dict:
+    """The plotted mean of a summary entry: ``ll_paired`` where the GP saw fewer tasks."""
+    if "ll_paired" in entry:
+        return {**entry, "ll": entry["ll_paired"], "ll_se": entry["ll_paired_se"]}
+    return entry
+
+
 def plot(summary: list[dict], path: Path, title: str) -> None:
     """LL vs n, one panel per d: CMANP, the exact-GP ceiling and the fitted SingleTaskGP
     (marginal, solid), CMANP joint and its ceiling (dashed); error bars: standard error over
-    tasks. The y axis stops 4 nats below the lowest ceiling; points below are drawn on that
-    edge as open triangles (an untrained network or a failed fit)."""
+    tasks. Where the GP was fitted on fewer tasks than the others it is plotted as the ceiling's
+    mean plus its paired difference to the ceiling (``ll_paired``). The y axis stops 4 nats
+    below the lowest ceiling; points below are drawn on that edge as open triangles (an
+    untrained network or a failed fit)."""
     table = {(e["d"], e["n"], e["model"]): e for e in summary}
     dims = sorted({e["d"] for e in summary})
     ncols = min(3, len(dims))
@@ -664,7 +683,8 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
         floor = min(ceiling) - 4 if ceiling and all(map(math.isfinite, ceiling)) else -math.inf
         for model, label, color, ls, marker in lines:
             pts = [table.get((d, n, model)) for n in sizes]
-            pts = [p for p in pts if p is not None and math.isfinite(p["ll"])]
+            pts = [_plotted(p) for p in pts if p is not None]
+            pts = [p for p in pts if math.isfinite(p["ll"])]
             if not pts:
                 continue
             ax.errorbar(
@@ -696,9 +716,10 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(
-        title + "\n(grey: n beyond the training range; triangles: below the axis)", fontsize=9
-    )
+    legend = "grey: n beyond the training range; triangles: below the axis"
+    if any("ll_paired" in e for e in summary):
+        legend += "; GP fitted on fewer tasks: ceiling + paired difference"
+    fig.suptitle(f"{title}\n({legend})", fontsize=9)
     fig.tight_layout(rect=(0, 0.1 if nrows == 1 else 0.06, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -954,6 +975,8 @@ def main(argv: list[str] | None = None) -> dict:
             pool=pools[d],
         )
         sec["sample_pool"] = pool_s
+        sec["threads"] = torch.get_num_threads()
+        sec["loadavg_1min"] = os.getloadavg()[0]  # at the end, with this run: > threads = shared
         sec["total"] = time.perf_counter() - t0
         sec["total_cpu"] = time.process_time() - c0
         write_rows(csv_path, cell_rows, append=True)

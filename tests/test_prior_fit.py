@@ -226,6 +226,9 @@ def test_target_checks_pass_fail_and_shortfall(pf):
     entry = summary[(1, 16, "cmanp_marginal")]
     assert entry["tasks"] == 4 and entry["ll"] == pytest.approx(1.05)
     assert entry["ll_gp_tasks"] == pytest.approx(1.1)  # the fitted GP's 2 tasks
+    # the GP's mean on all tasks estimated as ceiling (1.25) + paired difference (-0.25)
+    assert summary[(1, 16, "fitted_gp_marginal")]["ll_paired"] == pytest.approx(1.0)
+    assert "ll_paired" not in summary[(1, 16, "exact_gp_marginal")]
     # with a better CMANP the same checks pass
     rows = _rows(
         {
