@@ -552,12 +552,13 @@ def target_checks(
     checks: dict[str, dict] = {}
 
     def finish(name: str, description: str, results: list[dict], wanted: list) -> None:
-        ok = [r["pass"] for r in results]
-        seen = {(r["d"], r["n"]) for r in results}
+        judged = [r for r in results if not r.get("reference")]  # reference rows: context only
+        ok = [r["pass"] for r in judged]
+        seen = {(r["d"], r["n"]) for r in judged}
         checks[name] = {
             "description": description,
             "pass": None if not ok else all(ok),
-            "worst_shortfall": max((r["shortfall"] for r in results), default=None),
+            "worst_shortfall": max((r["shortfall"] for r in judged), default=None),
             "cells": results,
             "not_evaluated": [list(c) for c in wanted if c not in seen],
         }
@@ -637,12 +638,13 @@ def target_checks(
                     "tasks": len(rs),
                     "shortfall": max(0.0, err - 0.05),
                     "pass": err <= 0.05,
+                    "reference": model != "cmanp_marginal",
                 }
             )
     finish(
         "coverage",
-        "|coverage - nominal| <= 0.05 for the 50% and 90% central intervals, cmanp_marginal "
-        "and fitted_gp_marginal, every cell",
+        "|coverage - nominal| <= 0.05 for the 50% and 90% central intervals of cmanp_marginal, "
+        "every cell (fitted_gp_marginal rows, reference: true, for comparison; not judged)",
         results,
         wanted,
     )
