@@ -48,8 +48,10 @@ class BOBatch:
 
 def bo_kernel(kind: str, x1: Tensor, x2: Tensor, lengthscales: Tensor) -> Tensor:
     """Unit-variance kernel ``b x n1 x n2`` for ``b x n x d`` inputs, ``b x d`` lengthscales."""
-    diff = (x1.unsqueeze(-2) - x2.unsqueeze(-3)) / lengthscales[:, None, None, :]
-    r2 = diff.pow(2).sum(-1)
+    # scaled inputs + cdist: no b x n1 x n2 x d intermediate (inf lengthscales give 0 columns)
+    scale = lengthscales[:, None, :]
+    dist = torch.cdist(x1 / scale, x2 / scale, compute_mode="donot_use_mm_for_euclid_dist")
+    r2 = dist.pow(2)
     if kind == "rbf":
         return torch.exp(-0.5 * r2)
     if kind == "matern":
