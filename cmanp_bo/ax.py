@@ -13,8 +13,9 @@ Usage::
 Importing this module registers what Ax needs:
 
 - ``fit_botorch_model`` for ``CMANPModel``: a no-op (the network is pretrained);
-- ``CMANPModel`` in Ax's model registry, so ``Client.save_to_json_file`` / ``load_from_json_file``
-  work with a CMANP generation strategy;
+- ``CMANPModel`` in Ax's model registry and ``NonFiniteY`` in its transform registry, so
+  ``Client.save_to_json_file`` / ``load_from_json_file`` work with a CMANP generation strategy
+  (import ``cmanp_bo.ax`` before loading a snapshot in a new process);
 - an Ax input constructor for ``CMANPModel`` that drops the observed noise variances (the network
   infers noise from the data and cannot use them) and hands the model the process-level
   ``StateCache`` of this module.
@@ -38,6 +39,9 @@ call. The CMANP node therefore
 
 ``embed_stats()`` reports, for every model built, how many points were embedded and how many were
 taken over from the cache.
+
+Bad observations: NaN or infinite metric values are skipped with a warning naming the trial and
+metric (``NonFiniteY``); failed and abandoned trials are left out, as Ax does.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -265,6 +267,22 @@ def test_json_round_trip_continues_like_an_uninterrupted_run(tmp_path):
     for key in a:
         assert a[key] == pytest.approx(b[key], abs=1e-6)
     assert cax.embed_stats()[-1].embedded == 5  # rebuilt from scratch, same model
+    # And in a genuinely new process.
+    script = (
+        "import json, sys, warnings; warnings.filterwarnings('ignore'); import cmanp_bo.ax;"
+        "from ax import Client; from ax.utils.common.random import with_rng_seed;"
+        "c = Client.load_from_json_file(sys.argv[1]); ctx = with_rng_seed(7); ctx.__enter__();"
+        "print('RESULT' + json.dumps(c.get_next_trials(max_trials=1)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    ((other_index, c),) = json.loads(line[len("RESULT") :]).items()
+    assert int(other_index) == list(uninterrupted)[0]
+    for key in a:
+        assert a[key] == pytest.approx(c[key], abs=1e-6)
     (index,) = continued
     restored.complete_trial(index, {k: quad(continued[index])[k] for k in ("loss", "a")})
     step(restored)
