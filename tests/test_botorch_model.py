@@ -35,33 +35,17 @@ from botorch.utils.datasets import SupervisedDataset
 from botorch.utils.sampling import draw_sobol_samples
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from helpers import small_net
 
 import cmanp_bo.botorch_model as bm
 from cmanp_bo import CMANPModel, pretrained
 from cmanp_bo.botorch_model import OutcomeFrame, sample_optima
 from cmanp_bo.checkpoint import save_checkpoint
-from cmanp_bo.nn import CMANP, CMANPConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:no pretrained BO checkpoint:RuntimeWarning")
 
 DTYPE = torch.float64
 ATOL = 1e-10  # condition_on_observations vs a fresh model, float64 (as the core issue)
-
-
-def small_net(dim_x: int = 2, joint_head: bool = True) -> CMANP:
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        cfg = CMANPConfig(
-            dim_x=dim_x,
-            d_model=16,
-            d_ff=32,
-            num_heads=2,
-            num_layers=2,
-            num_latents=8,
-            num_block_latents=8,
-            joint_head=joint_head,
-        )
-        return CMANP(cfg).eval()
 
 
 def data(n: int, d: int, seed: int = 0, batch: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:

@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import small_net as _small_net
 
 from cmanp_bo.botorch_model import CMANPModel, StateCache, frame_base
-from cmanp_bo.nn import CMANP, CMANPConfig
+from cmanp_bo.nn import CMANP
 
 DTYPE = torch.float64
 ATOL = 1e-10
 
 
 def small_net(dim_x: int = 2) -> CMANP:
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        cfg = CMANPConfig(
-            dim_x=dim_x,
-            d_model=16,
-            d_ff=32,
-            num_heads=2,
-            num_layers=2,
-            num_latents=8,
-            num_block_latents=8,
-            joint_head=True,
-        )
-        return CMANP(cfg).to(DTYPE).eval()
+    return _small_net(dim_x, dtype=DTYPE)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,24 @@
+"""Shared test fixtures (importable from test modules in tests/)."""
+
+from __future__ import annotations
+
+import torch
+
+from cmanp_bo.nn import CMANP, CMANPConfig
+
+
+def small_net(dim_x: int = 2, joint_head: bool = True, dtype: torch.dtype = torch.float32) -> CMANP:
+    """A tiny, seeded, untrained CMANP in eval mode (cost and behaviour tests only)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        cfg = CMANPConfig(
+            dim_x=dim_x,
+            d_model=16,
+            d_ff=32,
+            num_heads=2,
+            num_layers=2,
+            num_latents=8,
+            num_block_latents=8,
+            joint_head=joint_head,
+        )
+        return CMANP(cfg).to(dtype).eval()
