@@ -1,7 +1,9 @@
 """The ``cmanp-bo`` command.
 
+cmanp-bo bench --suite quick --out DIR    BO benchmark: CMANP vs GP vs peers (resumable)
+cmanp-bo report --out DIR                 tables and plots from a results folder
 cmanp-bo gp-benchmark [--batches 300]     score the shipped 1-D checkpoints (paper protocol)
-cmanp-bo train --out DIR [...]            meta-train a CMANP (resumable)
+cmanp-bo train --out DIR [--arch tnp]     meta-train a CMANP or a peer (resumable)
 cmanp-bo checkpoints                      list the shipped checkpoints and their cards
 """
 
@@ -42,6 +44,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from cmanp_bo.bench.cli import add_bench_arguments, run_bench, run_report
+
+    p = sub.add_parser("bench", help="run a BO benchmark suite (resumable) and report it")
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench)
+
+    p = sub.add_parser("report", help="markdown tables and plots from a results folder")
+    p.add_argument("--out", required=True, help="the folder given to `cmanp-bo bench --out`")
+    p.set_defaults(func=run_report)
+
     p = sub.add_parser("gp-benchmark", help="score the shipped 1-D checkpoints on the GP benchmark")
     p.add_argument("--batches", type=int, default=300, help="batches of 16 tasks per kernel")
     p.add_argument("--threads", type=int, default=2)
@@ -49,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from cmanp_bo.train import add_arguments, run_from_args
 
-    p = sub.add_parser("train", help="meta-train a CMANP on a GP prior (resumable)")
+    p = sub.add_parser("train", help="meta-train a CMANP or a peer on a GP prior (resumable)")
     add_arguments(p)
     p.set_defaults(func=run_from_args)
 

@@ -93,6 +93,18 @@ class BOPriorSampler:
     def _log_uniform(self, low: float, high: float, *shape: int) -> Tensor:
         return torch.exp(math.log(low) + (math.log(high) - math.log(low)) * self._rand(*shape))
 
+    def hyperparameters(self, batch_size: int, dim: int) -> tuple[str, Tensor]:
+        """A kernel (shared by the batch) and ``batch_size x dim`` lengthscales (inf where a
+        dimension is irrelevant; at least one relevant dimension per task)."""
+        b, d = batch_size, dim
+        kernel = "matern" if self._rand(1).item() < self.matern_share else "rbf"
+        loc, scale = math.sqrt(2) + 0.5 * math.log(d), math.sqrt(3)
+        normal = torch.randn(b, d, generator=self.gen, dtype=torch.float64)
+        ls = torch.exp(loc + scale * normal)
+        irrelevant = self._rand(b, d) < self.irrelevant_share
+        irrelevant[torch.arange(b), torch.randint(0, d, (b,), generator=self.gen)] = False
+        return kernel, torch.where(irrelevant, torch.full_like(ls, math.inf), ls)
+
     def sample(
         self, batch_size: int, dim: int | None = None, num_context: int | None = None
     ) -> BOBatch:
@@ -106,13 +118,7 @@ class BOPriorSampler:
         nc = min(nc, self.max_context)
         n = nc + self.num_targets
         b = batch_size
-        kernel = "matern" if self._rand(1).item() < self.matern_share else "rbf"
-        loc, scale = math.sqrt(2) + 0.5 * math.log(d), math.sqrt(3)
-        normal = torch.randn(b, d, generator=self.gen, dtype=torch.float64)
-        ls = torch.exp(loc + scale * normal)
-        irrelevant = self._rand(b, d) < self.irrelevant_share
-        irrelevant[torch.arange(b), torch.randint(0, d, (b,), generator=self.gen)] = False
-        ls = torch.where(irrelevant, torch.full_like(ls, math.inf), ls)
+        kernel, ls = self.hyperparameters(b, d)
         x = self._rand(b, n, d)
         cov = bo_kernel(kernel, x, x, ls)
         out_scale = torch.exp(torch.randn(b, generator=self.gen, dtype=torch.float64))

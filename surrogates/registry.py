@@ -1,0 +1,218 @@
+"""Comparable BO surrogates behind one interface, chosen by name.
+
+Every surrogate proposes the next point of a minimisation on ``[0, 1]^d`` from all data so far:
+``surrogate.ask(X, y) -> x`` (``n x d``, ``n`` -> ``d``). The model-based ones share everything but
+the model: qLogNEI on the negated outcome, ``optimize_acqf(q=1, num_restarts, raw_samples)`` with
+the same settings, the same seeds. A surrogate object lives for one run, so the stateful ones
+(``gp-cheap``, ``cmanp``) absorb only the points added since the previous call.
+
+Names: ``sobol``, ``gp`` (Ax's default: SingleTaskGP refit every step), ``gp-cheap`` (refit every
+``refit_every`` steps, ``condition_on_observations`` between), ``cmanp`` (the shipped checkpoint or
+``checkpoint=``), ``tnp`` and ``lbanp`` (the neural peers; they need a trained ``checkpoint=``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.models.model import Model
+from botorch.optim import optimize_acqf
+from torch import Tensor
+
+
+@dataclass
+class AcquisitionOptions:
+    """The acquisition settings every model-based surrogate shares (stored with each run)."""
+
+    num_restarts: int = 10
+    raw_samples: int = 512
+    mc_samples: int = 128
+    max_baseline: int = 256  # qLogNEI baseline: the best points by observed value (see below)
+
+
+class Surrogate:
+    """Base class: ``ask(X, y)`` returns the next point (``d``) for minimising ``y``."""
+
+    name = "base"
+
+    def __init__(self, dim: int, seed: int, acquisition: AcquisitionOptions | None = None) -> None:
+        self.dim, self.seed = dim, seed
+        self.acq = acquisition or AcquisitionOptions()
+        self.calls = 0
+
+    def ask(self, X: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # shared by the model-based surrogates
+    def _optimize(self, model: Model, X: Tensor, y: Tensor) -> Tensor:
+        torch.manual_seed(self.seed * 100_003 + self.calls)
+        self.calls += 1
+        baseline = _baseline(X, y, self.acq.max_baseline)
+        from botorch.sampling import SobolQMCNormalSampler
+
+        acqf = qLogNoisyExpectedImprovement(
+            model,
+            X_baseline=baseline,
+            sampler=SobolQMCNormalSampler(torch.Size([self.acq.mc_samples])),
+            prune_baseline=True,
+        )
+        bounds = torch.stack([torch.zeros(self.dim), torch.ones(self.dim)]).to(X)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optimizer restarts and non-convergence notes
+            cand, _ = optimize_acqf(
+                acqf,
+                bounds=bounds,
+                q=1,
+                num_restarts=self.acq.num_restarts,
+                raw_samples=self.acq.raw_samples,
+            )
+        return cand[0].detach()
+
+
+def _baseline(X: Tensor, y: Tensor, max_points: int) -> Tensor:
+    """qLogNEI's baseline: every point, or the ``max_points`` best by observed value.
+
+    The incumbent of a noisy problem is among the points with low observed values; keeping the
+    best few hundred keeps the acquisition's joint posterior (cubic in the baseline) bounded as a
+    long run grows, for every surrogate alike.
+    """
+    if X.shape[0] <= max_points:
+        return X
+    return X[y.argsort()[:max_points]]
+
+
+class SobolSurrogate(Surrogate):
+    """Quasi-random search: the continuation of the scrambled Sobol sequence of the run's seed."""
+
+    name = "sobol"
+
+    def ask(self, X: Tensor, y: Tensor) -> Tensor:
+        engine = torch.quasirandom.SobolEngine(self.dim, scramble=True, seed=self.seed)
+        return engine.draw(X.shape[0] + 1, dtype=torch.float64)[-1]
+
+
+def _fit_gp(X: Tensor, y: Tensor) -> Model:
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    model = SingleTaskGP(X, -y[:, None])  # BoTorch defaults: Standardize, dimension-scaled prior
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    return model
+
+
+class GPSurrogate(Surrogate):
+    """Ax's default: a SingleTaskGP with BoTorch's priors, refit on all data at every step."""
+
+    name = "gp"
+
+    def ask(self, X: Tensor, y: Tensor) -> Tensor:
+        return self._optimize(_fit_gp(X, y), X, y)
+
+
+class CheapGPSurrogate(Surrogate):
+    """A GP refit every ``refit_every`` steps that absorbs the points in between with
+    ``condition_on_observations`` (hyperparameters fixed; an O(n^2) rank update)."""
+
+    name = "gp-cheap"
+
+    def __init__(self, dim: int, seed: int, acquisition=None, refit_every: int = 10) -> None:
+        super().__init__(dim, seed, acquisition)
+        self.refit_every = refit_every
+        self.model: Model | None = None
+        self.seen = 0
+        self.steps_since_fit = 0
+
+    def ask(self, X: Tensor, y: Tensor) -> Tensor:
+        if self.model is None or self.steps_since_fit >= self.refit_every:
+            self.model, self.steps_since_fit = _fit_gp(X, y), 0
+        elif X.shape[0] > self.seen:
+            new = slice(self.seen, None)
+            self.model = self.model.condition_on_observations(X[new], -y[new, None])
+        self.seen = X.shape[0]
+        self.steps_since_fit += 1
+        return self._optimize(self.model, X, y)
+
+
+class NeuralProcessSurrogate(Surrogate):
+    """A pretrained neural process (``CMANPModel``): conditions in context, nothing is fitted.
+
+    The model is built once from the initial design and then absorbs each new point with
+    ``condition_on_observations`` (constant cost for CMANP; the peers re-encode their context).
+    """
+
+    name = "cmanp"
+
+    def __init__(self, dim: int, seed: int, acquisition=None, checkpoint="default") -> None:
+        super().__init__(dim, seed, acquisition)
+        self.checkpoint = checkpoint
+        self.model: Model | None = None
+        self.seen = 0
+
+    def ask(self, X: Tensor, y: Tensor) -> Tensor:
+        from cmanp_bo import CMANPModel
+
+        if self.model is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # untrained-placeholder notice
+                self.model = CMANPModel(X, -y[:, None], checkpoint=self.checkpoint)
+        elif X.shape[0] > self.seen:
+            new = slice(self.seen, None)
+            self.model = self.model.condition_on_observations(X[new], -y[new, None])
+        self.seen = X.shape[0]
+        return self._optimize(self.model, X, y)
+
+
+class PeerSurrogate(NeuralProcessSurrogate):
+    """A neural peer (``tnp`` or ``lbanp``) trained on the same prior; needs ``checkpoint=``."""
+
+    def __init__(self, dim: int, seed: int, acquisition=None, checkpoint=None) -> None:
+        if checkpoint is None:
+            raise ValueError(
+                f"surrogate {self.name!r} needs a trained checkpoint: pass "
+                f'--surrogate-options \'{{"{self.name}": {{"checkpoint": "PATH.pt"}}}}\' '
+                f"(train one with `cmanp-bo train --arch {self.name} ...`)"
+            )
+        super().__init__(dim, seed, acquisition, checkpoint)
+
+
+class TNPSurrogate(PeerSurrogate):
+    name = "tnp"
+
+
+class LBANPSurrogate(PeerSurrogate):
+    name = "lbanp"
+
+
+SURROGATES: dict[str, type[Surrogate]] = {
+    cls.name: cls
+    for cls in (
+        SobolSurrogate,
+        GPSurrogate,
+        CheapGPSurrogate,
+        NeuralProcessSurrogate,
+        TNPSurrogate,
+        LBANPSurrogate,
+    )
+}
+
+
+def make_surrogate(
+    name: str,
+    dim: int,
+    seed: int,
+    acquisition: AcquisitionOptions | None = None,
+    **options,
+) -> Surrogate:
+    """The surrogate called ``name`` for one run; ``ValueError`` for an unknown name or option."""
+    if name not in SURROGATES:
+        raise ValueError(f"unknown surrogate {name!r}; choose from {sorted(SURROGATES)}")
+    try:
+        return SURROGATES[name](dim, seed, acquisition, **options)
+    except TypeError as e:
+        raise ValueError(f"bad options {options} for surrogate {name!r}: {e}") from None
