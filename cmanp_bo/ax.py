@@ -61,6 +61,7 @@ from ax.core.trial_status import TrialStatus
 from ax.generation_strategy.generation_strategy import GenerationNode, GenerationStrategy
 from ax.generation_strategy.generator_spec import GeneratorSpec
 from ax.generation_strategy.transition_criterion import MaxTrialsAwaitingData, MinTrials
+from ax.generators.torch.botorch_modular.acquisition import Acquisition
 from ax.generators.torch.botorch_modular.surrogate import (
     ModelConfig,
     SurrogateSpec,
@@ -68,10 +69,14 @@ from ax.generators.torch.botorch_modular.surrogate import (
     submodel_input_constructor,
 )
 from ax.generators.torch.botorch_modular.utils import fit_botorch_model
-from ax.storage.botorch_modular_registry import register_model
+from ax.storage.botorch_modular_registry import register_acquisition, register_model
 from ax.storage.transform_registry import register_transform
 from botorch.acquisition.acquisition import AcquisitionFunction
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.acquisition.monte_carlo import qNoisyExpectedImprovement
+from botorch.models.model import Model
 
+from cmanp_bo.acquisition import DEFAULT_MAX_BASELINE, best_baseline
 from cmanp_bo.botorch_model import CMANPModel, EmbedRecord, StateCache
 
 logger = logging.getLogger(__name__)
@@ -168,6 +173,7 @@ def cmanp_generation_strategy(
     min_observed_initialization_trials: int | None = None,
     initialization_seed: int | None = None,
     torch_device: str | None = None,
+    max_baseline: int | None = DEFAULT_MAX_BASELINE,
 ) -> GenerationStrategy:
     """A Sobol -> CMANP generation strategy for ``ax.Client.set_generation_strategy``.
 
@@ -195,6 +201,9 @@ def cmanp_generation_strategy(
             (default: half the initialization, at least 1).
         initialization_seed: seed of the Sobol sequence.
         torch_device: e.g. ``"cuda"``; ``None`` for Ax's default.
+        max_baseline: the noisy-EI baseline keeps the observed points with the best posterior
+            mean, at most this many (``cmanp_bo.acquisition``), so the acquisition's cost stops
+            growing with the number of trials; ``None``: every observed point, as in Ax.
 
     Returns:
         A ``GenerationStrategy`` with a ``"Sobol"`` node (when ``initialization_trials > 0``)
@@ -231,6 +240,11 @@ def cmanp_generation_strategy(
             "BilogY": {"derelativize_with_raw_status_quo": True},
         },
     }
+    if max_baseline is not None:
+        if not isinstance(max_baseline, int) or isinstance(max_baseline, bool) or max_baseline < 1:
+            raise ValueError(f"max_baseline must be a positive int or None, got {max_baseline!r}")
+        generator_kwargs["acquisition_class"] = BoundedBaselineAcquisition
+        generator_kwargs["acquisition_options"] = {"max_baseline": max_baseline}
     if optimizer_kwargs:
         generator_kwargs["default_model_gen_options"] = {"optimizer_kwargs": optimizer_kwargs}
     if botorch_acqf_class is not None:
@@ -322,6 +336,44 @@ def state_cache() -> StateCache:
     return _STATE_CACHE
 
 
+# ------------------------------------------------------------------------------------ acquisition
+class BoundedBaselineAcquisition(Acquisition):
+    """Ax's ``Acquisition`` whose noisy-EI baseline is at most ``options["max_baseline"]``
+    points, those with the best posterior mean (``cmanp_bo.acquisition.best_baseline``).
+
+    Other acquisition functions (hypervolume, feasibility) get every observed point as usual.
+    """
+
+    def _construct_botorch_acquisition(
+        self,
+        botorch_acqf_class: type[AcquisitionFunction],
+        botorch_acqf_options: dict[str, Any],
+        model: Model,
+    ) -> AcquisitionFunction:
+        X = self.X_observed
+        limit = self.options.get("max_baseline", DEFAULT_MAX_BASELINE)
+        noisy_ei = (qLogNoisyExpectedImprovement, qNoisyExpectedImprovement)
+        if X is None or X.shape[-2] <= limit or not issubclass(botorch_acqf_class, noisy_ei):
+            return super()._construct_botorch_acquisition(
+                botorch_acqf_class, botorch_acqf_options, model
+            )
+        objective, posterior_transform = self.get_botorch_objective_and_transform(
+            botorch_acqf_class=botorch_acqf_class,
+            model=model,
+            objective_weights=self._objective_weights,
+            outcome_constraints=self._outcome_constraints,
+            X_observed=X,
+            learned_objective_preference_model=self._learned_objective_preference_model,
+        )
+        self.X_observed = best_baseline(model, X, limit, objective, posterior_transform)
+        try:
+            return super()._construct_botorch_acquisition(
+                botorch_acqf_class, botorch_acqf_options, model
+            )
+        finally:
+            self.X_observed = X
+
+
 # ------------------------------------------------------------------------------------ registration
 @fit_botorch_model.register(CMANPModel)
 def _fit_cmanp(model: CMANPModel, mll_class: Any = None, mll_options: Any = None) -> None:
@@ -353,12 +405,14 @@ def _cmanp_input_constructor(
 
 
 register_model(CMANPModel)
+register_acquisition(BoundedBaselineAcquisition)
 register_transform(NonFiniteY)
 
 
 __all__ = [
     "CMANP_TRANSFORMS",
     "DEFAULT_INITIALIZATION_TRIALS",
+    "BoundedBaselineAcquisition",
     "NonFiniteY",
     "clear_state_cache",
     "cmanp_generation_strategy",

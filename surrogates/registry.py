@@ -22,6 +22,8 @@ from botorch.models.model import Model
 from botorch.optim import optimize_acqf
 from torch import Tensor
 
+from cmanp_bo.acquisition import DEFAULT_MAX_BASELINE, best_baseline
+
 
 @dataclass
 class AcquisitionOptions:
@@ -30,7 +32,7 @@ class AcquisitionOptions:
     num_restarts: int = 10
     raw_samples: int = 512
     mc_samples: int = 128
-    max_baseline: int = 256  # qLogNEI baseline: the best points by observed value (see below)
+    max_baseline: int = DEFAULT_MAX_BASELINE  # qLogNEI baseline (cmanp_bo.acquisition)
 
 
 class Surrogate:
@@ -50,7 +52,7 @@ class Surrogate:
     def _optimize(self, model: Model, X: Tensor, y: Tensor) -> Tensor:
         torch.manual_seed(self.seed * 100_003 + self.calls)
         self.calls += 1
-        baseline = _baseline(X, y, self.acq.max_baseline)
+        baseline = best_baseline(model, X, self.acq.max_baseline)
         from botorch.sampling import SobolQMCNormalSampler
 
         acqf = qLogNoisyExpectedImprovement(
@@ -70,18 +72,6 @@ class Surrogate:
                 raw_samples=self.acq.raw_samples,
             )
         return cand[0].detach()
-
-
-def _baseline(X: Tensor, y: Tensor, max_points: int) -> Tensor:
-    """qLogNEI's baseline: every point, or the ``max_points`` best by observed value.
-
-    The incumbent of a noisy problem is among the points with low observed values; keeping the
-    best few hundred keeps the acquisition's joint posterior (cubic in the baseline) bounded as a
-    long run grows, for every surrogate alike.
-    """
-    if X.shape[0] <= max_points:
-        return X
-    return X[y.argsort()[:max_points]]
 
 
 class SobolSurrogate(Surrogate):

@@ -308,3 +308,31 @@ def test_incremental_off_encodes_everything():
     model = surrogate_model(client)
     assert isinstance(model, CMANPModel) and model.num_embedded == model.num_points == 4
     assert cax.embed_stats() == []
+
+
+# ------------------------------------------------------------------------------------ baseline
+def test_noisy_ei_baseline_is_bounded_in_the_loop(monkeypatch):
+    seen = []
+    real = cax.best_baseline
+
+    def spy(model, X, max_points, objective=None, posterior_transform=None):
+        out = real(model, X, max_points, objective, posterior_transform)
+        seen.append((X.shape[0], out.shape[0], model))
+        return out
+
+    monkeypatch.setattr(cax, "best_baseline", spy)
+    client = make_client(init=5, max_baseline=4)
+    for _ in range(8):
+        step(client)
+    # 5, 6 and 7 observed points, each cut to the 4 with the best posterior mean (Ax may build
+    # the acquisition more than once per call)
+    assert sorted({(n, k) for n, k, _ in seen}) == [(5, 4), (6, 4), (7, 4)]
+    gs = cax.cmanp_generation_strategy(max_baseline=None)
+    assert "acquisition_class" not in gs._nodes[1].generator_specs[0].generator_kwargs
+    with pytest.raises(ValueError, match="max_baseline"):
+        cax.cmanp_generation_strategy(max_baseline=0)
+    from ax.storage.botorch_modular_registry import REVERSE_ACQUISITION_REGISTRY
+
+    assert REVERSE_ACQUISITION_REGISTRY["BoundedBaselineAcquisition"] is (
+        cax.BoundedBaselineAcquisition
+    )
