@@ -1,7 +1,9 @@
-"""``CMANPModel``: a pretrained CMANP as a BoTorch ``Model``.
+"""``CMANPModel``: a pretrained CMANP (or a TNP-D / LBANP peer) as a BoTorch ``Model``.
 
 The network conditions on the observations in context (no fitting) and absorbs new ones with its
-constant-cost streaming update. The posterior is a ``GPyTorchPosterior`` over a
+update: constant-cost streaming for a CMANP, a re-encoding of the whole context for the peers
+(``surrogates.tnp.TNPD``, ``surrogates.lbanp.LBANP``), which share the CMANP's interface and
+heads. The posterior is a ``GPyTorchPosterior`` over a
 ``MultivariateNormal`` whose covariance is joint over the q points (from the network's joint head),
 so every BoTorch acquisition function, sampler and posterior transform works with it.
 
@@ -26,7 +28,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from botorch.acquisition.objective import PosteriorTransform
@@ -45,7 +47,10 @@ from gpytorch.models import GP
 from torch import Tensor
 
 from cmanp_bo.frame import OutcomeFrame
-from cmanp_bo.nn import CMANP, ContextState
+from cmanp_bo.nn import ContextState, NeuralProcess
+
+if TYPE_CHECKING:
+    from surrogates.reencoding import RawContextState
 
 # Points embedded at a time when (re-)encoding a whole data set: bounds peak memory.
 ENCODE_BLOCK = 4096
@@ -91,18 +96,22 @@ class _History:
 
 
 # ------------------------------------------------------------------------------------ network
-def resolve_network(checkpoint: str | Path | CMANP, dim_x: int, device: torch.device) -> CMANP:
+def resolve_network(
+    checkpoint: str | Path | NeuralProcess, dim_x: int, device: torch.device
+) -> NeuralProcess:
     """The float64, frozen, eval-mode network for ``checkpoint``.
 
-    ``"default"``, a shipped name or a path are loaded once per process and shared between models
-    (they are never modified); a ``CMANP`` instance is copied, so the caller's object is untouched.
+    ``"default"``, a shipped name or a path (of any architecture: ``cmanp``, ``tnp``, ``lbanp``)
+    are loaded once per process and shared between models (they are never modified); a network
+    instance (``CMANP``, ``TNPD``, ``LBANP``) is copied, so the caller's object is untouched.
     """
-    if isinstance(checkpoint, CMANP):
+    if isinstance(checkpoint, NeuralProcess):
         return _freeze(copy.deepcopy(checkpoint).to(device=device, dtype=torch.float64))
     if not isinstance(checkpoint, (str, Path)):
         raise UnsupportedError(
-            f"checkpoint must be 'default', a shipped name, a path to a .pt file or a CMANP, "
-            f"got {type(checkpoint).__name__}"
+            f"checkpoint must be 'default', a shipped name, a path to a .pt file or a network "
+            f"(CMANP, surrogates.tnp.TNPD or surrogates.lbanp.LBANP), got "
+            f"{type(checkpoint).__name__}"
         )
     from cmanp_bo import pretrained
 
@@ -118,12 +127,13 @@ def resolve_network(checkpoint: str | Path | CMANP, dim_x: int, device: torch.de
         return _shared_network(key, 0, str(device))
     raise UnsupportedError(
         f"unknown checkpoint {checkpoint!r}: pass 'default', one of "
-        f"{pretrained.available() or 'no shipped checkpoints'}, a path to a .pt file or a CMANP"
+        f"{pretrained.available() or 'no shipped checkpoints'}, a path to a .pt file or a network "
+        "(CMANP, TNPD or LBANP)"
     )
 
 
 @functools.cache
-def _shared_network(key: str, dim_x: int, device: str) -> CMANP:
+def _shared_network(key: str, dim_x: int, device: str) -> NeuralProcess:
     from cmanp_bo import pretrained
     from cmanp_bo.checkpoint import load_checkpoint
 
@@ -136,8 +146,8 @@ def _shared_network(key: str, dim_x: int, device: str) -> CMANP:
     return _freeze(net.to(device))
 
 
-def _freeze(net: CMANP) -> CMANP:
-    # Latents are cached on a state only when no autograd graph reaches them.
+def _freeze(net: NeuralProcess) -> NeuralProcess:
+    # CMANP caches latents on a state only when no autograd graph reaches them.
     return net.requires_grad_(False).eval()
 
 
@@ -148,6 +158,10 @@ class CMANPModel(Model, FantasizeMixin, GP):
     Conditions on ``(train_X, train_Y)`` in one streamed forward pass (nothing is fitted) and
     absorbs new observations through ``condition_on_observations`` at a cost independent of the
     number already absorbed. One outcome per model (use ``ModelList`` for several).
+
+    The same wrapper serves the peers ``surrogates.tnp.TNPD`` and ``surrogates.lbanp.LBANP``
+    (pass one, or a checkpoint of one, as ``checkpoint``): their ``condition_on_observations``
+    re-encodes all absorbed points through the network.
 
     Example:
         >>> model = CMANPModel(train_X, train_Y)            # n x d in [0, 1]^d, n x 1
@@ -165,7 +179,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
         input_transform: InputTransform | None = None,
         outcome_transform: OutcomeTransform | None = None,
         *,
-        checkpoint: str | Path | CMANP = "default",
+        checkpoint: str | Path | NeuralProcess = "default",
         rebase_factor: float | None = 2.0,
         outcome_frame: OutcomeFrame | None = None,
         state_cache: StateCache | None = None,
@@ -184,7 +198,8 @@ class CMANPModel(Model, FantasizeMixin, GP):
                 the posterior is returned in the original outcome space. ``None`` by default:
                 the model's own outcome frame already standardises ``Y``.
             checkpoint: ``"default"`` (the shipped BO checkpoint), a shipped checkpoint name, a
-                path to a ``.pt`` checkpoint or a ``CMANP`` instance (copied).
+                path to a ``.pt`` checkpoint (any architecture) or a network instance, a
+                ``CMANP``, ``TNPD`` or ``LBANP`` (copied).
             rebase_factor: re-base the outcome frame when the number of absorbed points reaches
                 ``rebase_factor`` times the number the frame was computed from (``None``: never).
             outcome_frame: use this frame instead of computing it from ``train_Y`` (e.g. to
@@ -254,13 +269,14 @@ class CMANPModel(Model, FantasizeMixin, GP):
         return self._state.batch_shape
 
     @property
-    def network(self) -> CMANP:
+    def network(self) -> NeuralProcess:
         """The (frozen, float64, shared) network."""
         return self._net
 
     @property
-    def context_state(self) -> ContextState:
-        """The absorbed data as the network's constant-size state (in the outcome frame)."""
+    def context_state(self) -> ContextState | RawContextState:
+        """The absorbed data as the network's state (in the outcome frame): constant-size for
+        a CMANP, the raw points and their encoding for the peers."""
         return self._state
 
     @property
@@ -392,8 +408,9 @@ class CMANPModel(Model, FantasizeMixin, GP):
     ) -> CMANPModel:
         r"""A new model that also holds ``(X, Y)``; this one is unchanged.
 
-        The old context is never re-encoded (except on a scheduled re-base of the outcome frame,
-        see ``rebase_factor``, which fantasies never trigger).
+        For a CMANP the old context is never re-encoded (except on a scheduled re-base of the
+        outcome frame, see ``rebase_factor``, which fantasies never trigger); the peers
+        (``net.incremental_update`` false) re-encode all points.
 
         Args:
             X: ``batch_shape x n' x d`` inputs in the original (untransformed) space.
@@ -434,10 +451,15 @@ class CMANPModel(Model, FantasizeMixin, GP):
             state = self._net.encode(all_X, frame.apply(all_Y), block_size=ENCODE_BLOCK)
             return self._with(state, frame, history, all_X.shape[-2])
         state = self._net.update(self._state, Z, self._frame.apply(Y))
-        return self._with(state, self._frame, history, Z.shape[-2])
+        embedded = Z.shape[-2] if self._net.incremental_update else state.num_points
+        return self._with(state, self._frame, history, embedded)
 
     def _with(
-        self, state: ContextState, frame: OutcomeFrame, history: _History, embedded: int
+        self,
+        state: ContextState | RawContextState,
+        frame: OutcomeFrame,
+        history: _History,
+        embedded: int,
     ) -> CMANPModel:
         new = copy.copy(self)  # shallow: shares the network; fresh module dicts below
         new._parameters = dict(self._parameters)
@@ -493,7 +515,8 @@ class EmbedRecord:
 
     Attributes:
         num_points: points in the data set the model was built on.
-        embedded: points pushed through the network (the new ones, or all on a miss/re-base).
+        embedded: points pushed through the network (the new ones, or all on a miss/re-base
+            or with a peer that re-encodes its context).
         reused: points taken over from a cached state without touching the network.
         rebased: the frame moved to the next point of the schedule (all points re-encoded).
     """
@@ -506,7 +529,7 @@ class EmbedRecord:
 
 @dataclass(frozen=True)
 class _Built:
-    state: ContextState
+    state: ContextState | RawContextState
     frame: OutcomeFrame
     history: _History
     record: EmbedRecord
@@ -514,12 +537,12 @@ class _Built:
 
 @dataclass(frozen=True)
 class _CacheEntry:
-    net: CMANP
+    net: NeuralProcess
     rebase_factor: float | None
     num_points: int
     width: int
     digest: str
-    state: ContextState
+    state: ContextState | RawContextState
     frame: OutcomeFrame
     history: _History
 
@@ -579,7 +602,7 @@ class StateCache:
         self._records.clear()
 
     def _lookup(
-        self, net: CMANP, Z: Tensor, Y: Tensor, rebase_factor: float | None
+        self, net: NeuralProcess, Z: Tensor, Y: Tensor, rebase_factor: float | None
     ) -> _CacheEntry | None:
         n = Z.shape[-2]
         candidates = [
@@ -598,7 +621,9 @@ class StateCache:
                 return entry
         return None
 
-    def build(self, net: CMANP, Z: Tensor, Y: Tensor, rebase_factor: float | None) -> _Built:
+    def build(
+        self, net: NeuralProcess, Z: Tensor, Y: Tensor, rebase_factor: float | None
+    ) -> _Built:
         """State, frame and history of ``(Z, Y)`` (``n x dim_x``, ``n x 1``, float64), re-using
         the longest cached prefix. The result is cached in turn."""
         n = Z.shape[-2]
@@ -612,7 +637,8 @@ class StateCache:
                 Z_new, Y_new = Z[k:], Y[k:]
                 state = net.update(hit.state, Z_new, frame.apply(Y_new))
                 history = _History(hit.history, Z_new, Y_new)
-            record = EmbedRecord(num_points=n, embedded=n - k, reused=k, rebased=False)
+            embedded = n - k if net.incremental_update else n
+            record = EmbedRecord(n, embedded=embedded, reused=n - embedded, rebased=False)
         else:
             frame = OutcomeFrame.from_data(Y[:base])
             state = net.encode(Z, frame.apply(Y), block_size=ENCODE_BLOCK)
@@ -630,7 +656,7 @@ class StateCache:
 
 # ------------------------------------------------------------------------------------ joint
 def _joint_in_blocks(
-    net: CMANP, state: ContextState, Z: Tensor, diagonal_only: bool
+    net: NeuralProcess, state: ContextState | RawContextState, Z: Tensor, diagonal_only: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``net.joint_moments`` over ``q`` targets, assembled from blocks of ``JOINT_BLOCK``.
 

@@ -1,8 +1,10 @@
-"""Saving and loading CMANP checkpoints with a model card and a checksum.
+"""Saving and loading network checkpoints with a model card and a checksum.
 
-A checkpoint is ``NAME.pt`` (config + weights, loaded with ``weights_only=True``) beside
-``NAME.json``, its model card, which records the file's SHA-256. Loading verifies the checksum
-and the config, and fails with ``CheckpointError`` naming the problem.
+A checkpoint is ``NAME.pt`` (architecture name + config + weights, loaded with
+``weights_only=True``) beside ``NAME.json``, its model card, which records the file's SHA-256.
+Loading verifies the checksum and the config, builds the network of the stored architecture
+(``cmanp``, ``tnp`` or ``lbanp``; files written before the field existed are CMANPs), and fails
+with ``CheckpointError`` naming the problem.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 
 import torch
 
-from cmanp_bo.nn import CMANP, CMANPConfig
+from cmanp_bo.architectures import network_class
+from cmanp_bo.nn import CMANPConfig
+from cmanp_bo.nn.process import NeuralProcess
 
 FORMAT = "cmanp-bo/1"
 
@@ -37,17 +41,25 @@ def card_path(path: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(
-    net: CMANP, path: str | os.PathLike, card: dict[str, Any] | None = None
+    net: NeuralProcess, path: str | os.PathLike, card: dict[str, Any] | None = None
 ) -> dict:
     """Write ``net`` to ``path`` (float32 weights) and its model card beside it.
 
+    Args:
+        net: a ``CMANP``, ``TNPD`` or ``LBANP``; its ``arch`` is stored with the config.
+
     Returns:
-        The model card written, with ``sha256`` and ``config`` filled in.
+        The model card written, with ``sha256``, ``arch`` and ``config`` filled in.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().to("cpu", torch.float32) for k, v in net.state_dict().items()}
-    payload = {"format": FORMAT, "config": net.cfg.to_dict(), "state_dict": state_dict}
+    payload = {
+        "format": FORMAT,
+        "arch": net.arch,
+        "config": net.cfg.to_dict(),
+        "state_dict": state_dict,
+    }
     tmp = path.with_suffix(".pt.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -56,6 +68,7 @@ def save_checkpoint(
         format=FORMAT,
         file=path.name,
         sha256=sha256_of(path),
+        arch=net.arch,
         config=net.cfg.to_dict(),
         num_parameters=sum(p.numel() for p in net.parameters()),
     )
@@ -79,8 +92,8 @@ def load_checkpoint(
     verify: bool = True,
     dtype: torch.dtype = torch.float32,
     expected_config: dict[str, Any] | None = None,
-) -> CMANP:
-    """Load a CMANP checkpoint in eval mode.
+) -> NeuralProcess:
+    """Load a checkpoint in eval mode as the network of its stored architecture.
 
     Args:
         path: the ``.pt`` file; its model card ``.json`` must sit beside it when ``verify``.
@@ -88,8 +101,12 @@ def load_checkpoint(
         dtype: dtype of the returned network.
         expected_config: if given, config fields the checkpoint must have (e.g. ``dim_x``).
 
+    Returns:
+        A ``CMANP``, ``TNPD`` or ``LBANP`` (a file without an architecture field: ``CMANP``).
+
     Raises:
-        CheckpointError: missing, corrupt or altered file, or a config mismatch.
+        CheckpointError: missing, corrupt or altered file, unknown architecture, or a config
+            mismatch.
     """
     path = Path(path)
     if not path.exists():
@@ -116,8 +133,13 @@ def load_checkpoint(
             raise CheckpointError(
                 f"checkpoint {path} has {key}={config.get(key)!r}, expected {value!r}"
             )
+    arch = payload.get("arch", "cmanp")
     try:
-        net = CMANP(CMANPConfig(**config))
+        cls = network_class(arch)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+    try:
+        net = cls(CMANPConfig(**config))
         net.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match its config: {e}") from None

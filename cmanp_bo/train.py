@@ -1,6 +1,7 @@
 """Meta-training loop: seeded, resumable, cosine learning rate, CUDA when present.
 
     python -m cmanp_bo.train --out runs/gp1d-rbf --steps 20000          (or: cmanp-bo train ...)
+    cmanp-bo train --arch lbanp --out runs/gp1d-rbf-lbanp ...          (a peer: tnp or lbanp)
 
 The run directory holds ``last.pt`` (everything needed to resume, written atomically every
 ``checkpoint_every`` steps), ``curve.csv`` (held-out log-likelihood vs steps and wall time) and,
@@ -22,8 +23,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from cmanp_bo.architectures import ARCHITECTURES, build_network, network_class
 from cmanp_bo.checkpoint import save_checkpoint
-from cmanp_bo.nn import CMANP, CMANPConfig
+from cmanp_bo.nn import CMANPConfig
+from cmanp_bo.nn.process import NeuralProcess
 from cmanp_bo.priors import BOPriorSampler, GPSampler
 
 
@@ -42,6 +45,8 @@ class TrainConfig:
     eval_batches: int = 50
     checkpoint_every: int = 250
     model: dict = field(default_factory=dict)  # CMANPConfig overrides
+    grad_clip: float = 0.0  # max global gradient norm (0: no clipping)
+    arch: str = "cmanp"  # network architecture: one of cmanp_bo.architectures.ARCHITECTURES
 
 
 PRIORS = ("gp1d", "bo")
@@ -83,7 +88,7 @@ def hardware() -> str:
 
 
 def evaluate(
-    net: CMANP,
+    net: NeuralProcess,
     prior: str | TrainConfig,
     num_batches: int,
     batch_size: int = 16,
@@ -140,7 +145,7 @@ def train(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     last = out / "last.pt"
     torch.manual_seed(cfg.seed)
-    net = CMANP(CMANPConfig(**cfg.model)).to(device)
+    net = build_network(cfg.arch, cfg.model).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sampler = make_sampler(cfg, cfg.seed)
     step, wall, curve = 0, 0.0, []
@@ -196,6 +201,8 @@ def train(
         loss = net.loss(*(t.to(device) for t in (b.xc, b.yc, b.xt, b.yt)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
         now = time.perf_counter()
@@ -222,6 +229,7 @@ def train(
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
         "schedule": "cosine to 0",
+        "grad_clip": cfg.grad_clip or None,
         "seed": cfg.seed,
         "wall_time_s": round(wall, 1),
         "hardware": hardware(),
@@ -235,6 +243,13 @@ def train(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (resumes if it holds last.pt)")
+    p.add_argument(
+        "--arch",
+        default="cmanp",
+        choices=ARCHITECTURES,
+        help="network: cmanp, or a re-encoding peer (tnp: full attention, lbanp: latent "
+        "bottleneck); all take the --model config",
+    )
     p.add_argument("--kernel", default="rbf", choices=["rbf", "matern", "periodic"])
     p.add_argument("--prior", default="gp1d", choices=PRIORS)
     p.add_argument(
@@ -249,6 +264,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-batches", type=int, default=50)
     p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument(
+        "--grad-clip", type=float, default=0.0, help="max gradient norm (0: no clipping)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--model",
@@ -272,8 +290,11 @@ def run_from_args(args: argparse.Namespace) -> Path:
         eval_batches=args.eval_batches,
         checkpoint_every=args.checkpoint_every,
         model=json.loads(args.model),
+        grad_clip=args.grad_clip,
+        arch=args.arch,
     )
-    CMANPConfig(**cfg.model)  # fail early on a bad architecture or prior
+    network_class(cfg.arch)  # fail early on a bad architecture or prior
+    CMANPConfig(**cfg.model)
     make_sampler(cfg, 0)
     path = train(cfg, args.out)
     print(f"wrote {path}")

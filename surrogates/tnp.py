@@ -1,97 +1,67 @@
-"""A minimal TNP-D-style full-attention neural process (Nguyen & Grover, 2022).
+"""A TNP-D-style full-attention neural process (Nguyen & Grover, 2022), a peer of ``CMANP``.
 
 The context tokens attend to each other in every layer (self-attention over all ``n`` context
-points, O(n^2) time and memory per layer), and the targets read the context of each layer through a
-cross-attention, never each other. It mirrors a ``CMANPConfig`` (width, heads, feed-forward,
-layers, embedder depth) and reuses the package's attention layers, so it is the full-attention
-model that the CMANP's constant-memory blocks replace.
+points, O(n^2) time and memory per layer), and the targets read the context tokens of each layer
+through a cross-attention, never each other. It takes a ``CMANPConfig`` (width, heads,
+feed-forward, layers, embedder depth, Fourier features, joint head) and shares everything but the
+encoder with ``CMANP`` (``cmanp_bo.nn.process.NeuralProcess``): the same input features, decoder
+and marginal or joint (AND) head. So it is the full-attention model that the CMANP's
+constant-memory blocks replace, and it trains (``cmanp-bo train --arch tnp``), saves, loads and
+serves as a BoTorch surrogate (``CMANPModel(X, Y, checkpoint=net)``) exactly like a CMANP.
 
 There is no incremental update: every context token depends on every other one, so absorbing a
-point re-encodes the whole context (``update`` is ``encode`` of the concatenation). The state keeps
-the raw context for that reason. Used by ``experiments/scaling.py`` as the cost reference; it has
-no training recipe of its own here.
+point re-encodes the whole context (``update`` is ``encode`` of the concatenation, O(n^2)). The
+state keeps the raw context for that reason. ``experiments/scaling.py`` uses it as the cost
+reference.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Normal
 
 from cmanp_bo.nn import CMANPConfig
-from cmanp_bo.nn.layers import CrossAttentionLayer, SelfAttentionLayer, mlp
+from cmanp_bo.nn.layers import SelfAttentionLayer
+from surrogates.reencoding import RawContextState, ReencodingProcess
 
 
 @dataclass(frozen=True, eq=False)
-class TNPState:
+class TNPState(RawContextState):
     """The encoded context: the raw points and the context tokens after every layer."""
 
-    x: Tensor
-    y: Tensor
-    tokens: tuple[Tensor, ...]
-
     @property
-    def num_points(self) -> int:
-        return self.x.shape[-2]
+    def tokens(self) -> tuple[Tensor, ...]:
+        """``batch_shape x n x d_model`` context tokens after every self-attention layer."""
+        return self.layers
 
 
-class TNPD(nn.Module):
-    """Full-attention (TNP-D-style) neural process with the width of a ``CMANPConfig``.
+class TNPD(ReencodingProcess):
+    """Full-attention (TNP-D-style) neural process with the architecture of a ``CMANPConfig``.
 
     Example:
-        >>> net = TNPD(CMANPConfig(dim_x=1, dim_y=1))
+        >>> net = TNPD(CMANPConfig(dim_x=1, dim_y=1, joint_head=True))
         >>> state = net.encode(x, y)                    # batch x n x 1 each; O(n^2) memory
         >>> state = net.update(state, x_new, y_new)     # re-encodes all n + u points
         >>> net.predict(state, x_query).mean            # batch x m x 1
+        >>> net.joint_moments(state, x_query)           # mean, function cov, noise var
     """
 
-    def __init__(self, cfg: CMANPConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        d, h, ff = cfg.d_model, cfg.num_heads, cfg.d_ff
-        self.embed_context = mlp(cfg.dim_x + cfg.dim_y, d, cfg.embed_depth)
-        self.embed_query = mlp(cfg.dim_x, d, cfg.embed_depth)
-        self.encoder = nn.ModuleList(SelfAttentionLayer(d, h, ff) for _ in range(cfg.num_layers))
-        self.decoder = nn.ModuleList(CrossAttentionLayer(d, h, ff) for _ in range(cfg.num_layers))
-        self.head = nn.Sequential(
-            nn.LayerNorm(d), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 2 * cfg.dim_y)
+    arch = "tnp"
+    state_class = TNPState
+
+    def _build_encoder(self, cfg: CMANPConfig) -> None:
+        self.encoder = nn.ModuleList(
+            SelfAttentionLayer(cfg.d_model, cfg.num_heads, cfg.d_ff) for _ in range(cfg.num_layers)
         )
 
-    def _check(self, x: Tensor, width: int, name: str) -> None:
-        if x.dim() < 2 or x.shape[-1] != width or x.shape[-2] == 0:
-            raise ValueError(
-                f"{name} must have shape batch_shape x n x {width} with n >= 1, "
-                f"got {tuple(x.shape)}"
-            )
-
-    def encode(self, x: Tensor, y: Tensor) -> TNPState:
-        """Self-attention over all ``n`` context points in every layer."""
-        self._check(x, self.cfg.dim_x, "x")
-        self._check(y, self.cfg.dim_y, "y")
-        if x.shape[:-1] != y.shape[:-1]:
-            raise ValueError(f"x has shape {tuple(x.shape)} but y has {tuple(y.shape)}")
-        h = self.embed_context(torch.cat([x, y], dim=-1))
-        tokens = []
+    def _encode_tokens(self, tokens: Tensor) -> list[Tensor]:
+        """Self-attention over all ``n`` context tokens in every layer."""
+        out, h = [], tokens
         for layer in self.encoder:
             h = layer(h)
-            tokens.append(h)
-        return TNPState(x, y, tuple(tokens))
-
-    def update(self, state: TNPState, x: Tensor, y: Tensor) -> TNPState:
-        """Absorb ``(x, y)``: full attention has no incremental form, so re-encode everything."""
-        return self.encode(torch.cat([state.x, x], dim=-2), torch.cat([state.y, y], dim=-2))
-
-    def predict(self, state: TNPState, x: Tensor) -> Normal:
-        """Marginal predictive distribution at ``x`` (targets read the context, not each other)."""
-        self._check(x, self.cfg.dim_x, "x")
-        h = self.embed_query(x)
-        for layer, tokens in zip(self.decoder, state.tokens, strict=True):
-            h = layer(h, tokens)
-        mean, raw = self.head(h).chunk(2, dim=-1)
-        return Normal(mean, self.cfg.min_std + F.softplus(raw))
+            out.append(h)
+        return out
 
 
 __all__ = ["TNPD", "TNPState"]

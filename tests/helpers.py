@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from cmanp_bo.nn import CMANP, CMANPConfig
+from cmanp_bo.architectures import build_network
+from cmanp_bo.nn import CMANPConfig
+from cmanp_bo.nn.process import NeuralProcess
 
 
-def small_net(dim_x: int = 2, joint_head: bool = True, dtype: torch.dtype = torch.float32) -> CMANP:
-    """A tiny, seeded, untrained CMANP in eval mode (cost and behaviour tests only)."""
+def small_net(
+    dim_x: int = 2,
+    joint_head: bool = True,
+    dtype: torch.dtype = torch.float32,
+    arch: str = "cmanp",
+    **overrides,
+) -> NeuralProcess:
+    """A tiny, seeded, untrained ``arch`` network in eval mode (cost and behaviour tests only)."""
     with torch.random.fork_rng():
         torch.manual_seed(1)
         cfg = CMANPConfig(
@@ -20,5 +28,6 @@ def small_net(dim_x: int = 2, joint_head: bool = True, dtype: torch.dtype = torc
             num_latents=8,
             num_block_latents=8,
             joint_head=joint_head,
+            **overrides,
         )
-        return CMANP(cfg).to(dtype).eval()
+        return build_network(arch, cfg).to(dtype).eval()

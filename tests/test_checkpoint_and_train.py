@@ -122,7 +122,9 @@ def test_shipped_checkpoints_load_and_verify():
         net = pretrained.load(name)
         card = pretrained.card(name)
         assert card["sha256"] and card["steps"] > 0 and "hardware" in card
-        assert net.cfg.to_dict() == card["config"]
+        # config fields added after a card was written take their defaults
+        assert net.cfg == CMANPConfig(**card["config"])
+        assert isinstance(net, CMANP)  # written before the arch field existed
     with pytest.raises(CheckpointError, match="no shipped checkpoint"):
         pretrained.path_of("does-not-exist")
 

@@ -2,5 +2,14 @@
 
 from cmanp_bo.nn.attention import AttentionStats, MultiHeadAttention
 from cmanp_bo.nn.cmanp import CMAB, CMANP, CMANPConfig, ContextState
+from cmanp_bo.nn.process import NeuralProcess
 
-__all__ = ["AttentionStats", "CMAB", "CMANP", "CMANPConfig", "ContextState", "MultiHeadAttention"]
+__all__ = [
+    "AttentionStats",
+    "CMAB",
+    "CMANP",
+    "CMANPConfig",
+    "ContextState",
+    "MultiHeadAttention",
+    "NeuralProcess",
+]

@@ -11,17 +11,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import MultivariateNormal, Normal
 
 from cmanp_bo.nn.attention import AttentionStats
-from cmanp_bo.nn.layers import CrossAttentionLayer, SelfAttentionLayer, mlp
+from cmanp_bo.nn.layers import CrossAttentionLayer, SelfAttentionLayer
+from cmanp_bo.nn.process import NeuralProcess, broadcast_batch, check_finite
 
 
 @dataclass
 class CMANPConfig:
     """Architecture of a CMANP. Defaults are the paper's 1-D GP settings.
+
+    The peers ``surrogates.tnp.TNPD`` and ``surrogates.lbanp.LBANP`` take the same config and
+    ignore the fields they have no use for (``num_block_latents``; TNP-D also ``num_latents``).
 
     Attributes:
         dim_x: input dimension.
@@ -31,11 +33,17 @@ class CMANPConfig:
         d_ff: hidden width of the GEGLU feed-forwards.
         num_heads: attention heads.
         num_layers: CMABs in the encoder, and cross-attention layers in the decoder.
-        num_latents: model latents fed to the first CMAB.
+        num_latents: model latents fed to the first CMAB (LBANP: its latent bottleneck).
         num_block_latents: latents ``L_B`` of each CMAB (the size of the streamed state).
         joint_head: add the AND head, a joint Gaussian over a block of targets.
         joint_rank: width of the per-target features that define correlations in the AND head.
         min_std: floor of every predicted standard deviation.
+        fourier_features: number ``F`` of random Fourier features ``sin/cos(2 pi x B)`` of the
+            inputs appended to ``x`` before both embedders (0: raw ``x`` only). They make
+            short-lengthscale structure cheap to represent, which is what a small network on a
+            CPU budget lacks most. ``B`` (``dim_x x F``) is a fixed buffer, stored in the
+            checkpoint; a zero (padded) input dimension contributes nothing to ``x B``.
+        fourier_scale: standard deviation of the entries of ``B`` (frequencies per unit of x).
     """
 
     dim_x: int = 1
@@ -50,6 +58,8 @@ class CMANPConfig:
     joint_head: bool = False
     joint_rank: int = 16
     min_std: float = 1e-3
+    fourier_features: int = 0
+    fourier_scale: float = 2.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -74,6 +84,16 @@ class CMANPConfig:
             )
         if self.joint_head and self.dim_y != 1:
             raise ValueError("the joint head supports dim_y == 1 only (use one model per output)")
+        if (
+            not isinstance(self.fourier_features, int)
+            or isinstance(self.fourier_features, bool)
+            or self.fourier_features < 0
+        ):
+            raise ValueError(
+                f"CMANPConfig.fourier_features must be an int >= 0, got {self.fourier_features!r}"
+            )
+        if not self.fourier_scale > 0:
+            raise ValueError(f"CMANPConfig.fourier_scale must be > 0, got {self.fourier_scale!r}")
         if not self.min_std > 0:
             raise ValueError(f"CMANPConfig.min_std must be > 0, got {self.min_std!r}")
 
@@ -146,8 +166,11 @@ class CMAB(nn.Module):
         return self.mix_out(self.write(inputs, block))
 
 
-class CMANP(nn.Module):
+class CMANP(NeuralProcess):
     """Constant Memory Attentive Neural Process.
+
+    Embedders, decoder and heads come from ``NeuralProcess``; the encoder is a stack of CMABs fed
+    with ``num_latents`` model latents.
 
     Example:
         >>> net = CMANP(CMANPConfig(dim_x=1, dim_y=1))
@@ -156,69 +179,14 @@ class CMANP(nn.Module):
         >>> net.predict(state, x_query).mean            # batch x m x 1
     """
 
-    def __init__(self, cfg: CMANPConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.d_model
-        self.embed_context = mlp(cfg.dim_x + cfg.dim_y, d, cfg.embed_depth)
-        self.embed_query = mlp(cfg.dim_x, d, cfg.embed_depth)
-        self.model_latents = nn.Parameter(torch.randn(cfg.num_latents, d) * 0.5)
+    arch = "cmanp"
+    incremental_update = True
+
+    def _build_encoder(self, cfg: CMANPConfig) -> None:
+        self.model_latents = nn.Parameter(torch.randn(cfg.num_latents, cfg.d_model) * 0.5)
         self.encoder = nn.ModuleList(CMAB(cfg) for _ in range(cfg.num_layers))
-        self.decoder = nn.ModuleList(
-            CrossAttentionLayer(d, cfg.num_heads, cfg.d_ff) for _ in range(cfg.num_layers)
-        )
-        # marginal: mean and std per output; joint: mean, function std, noise std, 2 feature sets
-        num_out = 3 + 2 * cfg.joint_rank if cfg.joint_head else 2 * cfg.dim_y
-        self.head = nn.Sequential(
-            nn.LayerNorm(d), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, num_out)
-        )
-        if cfg.joint_head:
-            self.kernel_mix_logit = nn.Parameter(torch.zeros(()))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model_latents.dtype
-
-    # ----------------------------------------------------------------------------- validation
-    def _check_inputs(
-        self, x: Tensor, name: str, width: int, width_name: str, finite: bool = True
-    ) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dtype != self.dtype:
-            raise TypeError(
-                f"{name} has dtype {x.dtype} but the network is {self.dtype}; "
-                f"cast the input or the network (net.to({x.dtype}))"
-            )
-        if x.dim() < 2:
-            raise ValueError(
-                f"{name} must have shape batch_shape x n x {width_name}, got {tuple(x.shape)}"
-            )
-        if x.shape[-1] != width:
-            raise ValueError(
-                f"{name} has last dimension {x.shape[-1]} but the network expects "
-                f"{width_name}={width}"
-            )
-        if x.shape[-2] == 0:
-            raise ValueError(f"{name} is empty: it holds no points (shape {tuple(x.shape)})")
-        if finite:
-            _check_finite(x, name)
-
-    def _check_pair(self, x: Tensor, y: Tensor, finite: bool = True) -> torch.Size:
-        self._check_inputs(x, "x", self.cfg.dim_x, "dim_x", finite)
-        self._check_inputs(y, "y", self.cfg.dim_y, "dim_y", finite)
-        if x.shape[-2] != y.shape[-2]:
-            raise ValueError(f"x holds {x.shape[-2]} points but y holds {y.shape[-2]}")
-        return _broadcast_batch(x.shape[:-2], y.shape[:-2], "x", "y")
 
     # ----------------------------------------------------------------------------- context
-    def _context_tokens(self, x: Tensor, y: Tensor, batch_shape: torch.Size) -> Tensor:
-        x = x.expand(*batch_shape, *x.shape[-2:])
-        y = y.expand(*batch_shape, *y.shape[-2:])
-        return self.embed_context(torch.cat([x, y], dim=-1))
-
     def encode(self, x: Tensor, y: Tensor, block_size: int | None = None) -> ContextState:
         """Absorb a context set, all at once or streamed in blocks.
 
@@ -234,10 +202,7 @@ class CMANP(nn.Module):
         Returns:
             The ``ContextState`` of the ``n`` points.
         """
-        if block_size is not None and (
-            not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1
-        ):
-            raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+        self._check_block_size(block_size)
         streamed = block_size is not None
         batch_shape = self._check_pair(x, y, finite=not streamed)
         n = x.shape[-2]
@@ -248,8 +213,8 @@ class CMANP(nn.Module):
         layers = state.layers
         for start in range(0, n, block_size):
             xb, yb = x[..., start : start + block_size, :], y[..., start : start + block_size, :]
-            _check_finite(xb, "x")
-            _check_finite(yb, "y")
+            check_finite(xb, "x")
+            check_finite(yb, "y")
             tokens = self._context_tokens(xb, yb, batch_shape)
             layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, layers))
             del tokens, xb, yb  # free this block before the next one is embedded
@@ -283,7 +248,7 @@ class CMANP(nn.Module):
         """
         self._check_state(state)
         pair_batch = self._check_pair(x, y)
-        batch_shape = _broadcast_batch(state.batch_shape, pair_batch, "state", "x/y")
+        batch_shape = broadcast_batch(state.batch_shape, pair_batch, "state", "x/y")
         tokens = self._context_tokens(x, y, batch_shape)
         layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, state.layers))
         return ContextState(layers, state.num_points + x.shape[-2])
@@ -317,135 +282,9 @@ class CMANP(nn.Module):
             state._cache[key] = out
         return out
 
-    # ----------------------------------------------------------------------------- targets
-    def _decode(self, state: ContextState, x: Tensor) -> Tensor:
-        self._check_inputs(x, "x", self.cfg.dim_x, "dim_x")
-        latents = self.latents(state)
-        batch_shape = _broadcast_batch(state.batch_shape, x.shape[:-2], "state", "x")
-        h = self.embed_query(x).expand(*batch_shape, x.shape[-2], self.cfg.d_model)
-        for layer, lat in zip(self.decoder, latents):
-            h = layer(h, lat)
-        return self.head(h)
-
-    def _std(self, raw: Tensor) -> Tensor:
-        return self.cfg.min_std + F.softplus(raw)
-
-    def predict(self, state: ContextState, x: Tensor) -> Normal:
-        """Marginal predictive distribution of ``y`` at ``x`` (``batch_shape x m x dim_x``).
-
-        Returns:
-            ``Normal`` with ``batch_shape x m x dim_y`` mean and std (noise included). Each
-            target depends on the context only, never on the other targets.
-        """
-        out = self._decode(state, x)
-        if self.cfg.joint_head:
-            mean, f_std, noise_std = self._joint_marginals(out)
-            return Normal(mean.unsqueeze(-1), (f_std**2 + noise_std**2).sqrt().unsqueeze(-1))
-        mean, raw = out.chunk(2, dim=-1)
-        return Normal(mean, self._std(raw))
-
-    def _joint_marginals(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return out[..., 0], self._std(out[..., 1]), self._std(out[..., 2])
-
-    def joint_moments(self, state: ContextState, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Joint moments over a block of targets from the AND head.
-
-        The function covariance is ``diag(s) C diag(s)`` with the correlation
-        ``C = w K_rbf(z_i, z_j) + (1 - w) cos(u_i, u_j)``: positive semi-definite by construction,
-        exactly 1 on the diagonal (identical inputs are perfectly correlated), and consistent
-        under marginalisation because every per-target feature depends on its own input and the
-        context only.
-
-        Args:
-            state: the context.
-            x: ``batch_shape x m x dim_x`` targets.
-
-        Returns:
-            ``(mean, function_covariance, noise_variance)`` of shapes ``batch_shape x m``,
-            ``batch_shape x m x m`` and ``batch_shape x m``.
-        """
-        if not self.cfg.joint_head:
-            raise RuntimeError("this network has no joint head (CMANPConfig.joint_head=False)")
-        out = self._decode(state, x)
-        mean, f_std, noise_std = self._joint_marginals(out)
-        r = self.cfg.joint_rank
-        z = out[..., 3 : 3 + r]
-        u = F.normalize(out[..., 3 + r : 3 + 2 * r], dim=-1)
-        # ||z_i - z_j||^2 without the m x m x rank intermediate (Ax predicts 4096 points at once)
-        sq_norm = z.pow(2).sum(-1)
-        sq_dist = sq_norm.unsqueeze(-1) + sq_norm.unsqueeze(-2) - 2 * z @ z.transpose(-1, -2)
-        sq_dist = sq_dist.clamp_min(0)
-        w = torch.sigmoid(self.kernel_mix_logit)
-        corr = w * torch.exp(-0.5 * sq_dist) + (1 - w) * (u @ u.transpose(-1, -2))
-        cov = f_std.unsqueeze(-1) * corr * f_std.unsqueeze(-2)
-        return mean, cov, noise_std**2
-
-    def predict_joint(self, state: ContextState, x: Tensor) -> MultivariateNormal:
-        """Joint predictive distribution of ``y`` over the ``m`` targets (noise included).
-
-        Returns:
-            ``MultivariateNormal`` with ``batch_shape x m`` mean and ``batch_shape x m x m``
-            covariance.
-        """
-        mean, cov, noise_var = self.joint_moments(state, x)
-        return MultivariateNormal(mean, cov + torch.diag_embed(noise_var))
-
-    # ----------------------------------------------------------------------------- likelihoods
-    def log_likelihood(self, state: ContextState, x: Tensor, y: Tensor) -> Tensor:
-        """Mean marginal log-likelihood per target point: ``batch_shape``."""
-        self._check_pair(x, y)
-        return self.predict(state, x).log_prob(y).sum(-1).mean(-1)
-
-    def joint_log_likelihood(
-        self, state: ContextState, x: Tensor, y: Tensor, block_size: int | None = None
-    ) -> Tensor:
-        """Block-autoregressive joint log-likelihood per target point: ``batch_shape``.
-
-        Blocks of ``block_size`` targets are scored jointly; the TRUE ``(x, y)`` of each block is
-        then folded into the state before the next one (``None``: one block).
-        """
-        self._check_pair(x, y)
-        m = x.shape[-2]
-        block_size = m if block_size is None else block_size
-        total = 0.0
-        for start in range(0, m, block_size):
-            xb, yb = x[..., start : start + block_size, :], y[..., start : start + block_size, :]
-            total = total + self.predict_joint(state, xb).log_prob(yb.squeeze(-1))
-            if start + block_size < m:
-                state = self.update(state, xb, yb)
-        return total / m
-
-    def loss(self, xc: Tensor, yc: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
-        """Training loss: negative mean target log-likelihood on the one-shot path.
-
-        For the AND head, the mean of the joint and the marginal terms (from one decoder pass).
-        """
-        state = self.encode(xc, yc)
-        if not self.cfg.joint_head:
-            return -self.log_likelihood(state, xt, yt).mean()
-        self._check_pair(xt, yt)
-        mean, cov, noise_var = self.joint_moments(state, xt)
-        y = yt.squeeze(-1)
-        var = torch.diagonal(cov, dim1=-2, dim2=-1) + noise_var
-        marginal = Normal(mean, var.sqrt()).log_prob(y).mean(-1)
-        joint = (
-            MultivariateNormal(mean, cov + torch.diag_embed(noise_var)).log_prob(y) / y.shape[-1]
-        )
-        return -0.5 * (marginal + joint).mean()
-
-
-def _check_finite(x: Tensor, name: str) -> None:
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-
-
-def _broadcast_batch(a: torch.Size, b: torch.Size, name_a: str, name_b: str) -> torch.Size:
-    try:
-        return torch.broadcast_shapes(a, b)
-    except RuntimeError:
-        raise ValueError(
-            f"batch shapes do not match: {name_a} has {tuple(a)}, {name_b} has {tuple(b)}"
-        ) from None
+    def representations(self, state: ContextState) -> list[Tensor]:
+        """What the decoder reads: the output latents of every CMAB (see ``latents``)."""
+        return self.latents(state)
 
 
 def state_size_bytes(state: ContextState) -> int:
