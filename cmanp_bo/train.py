@@ -71,8 +71,12 @@ def describe_prior(cfg: TrainConfig) -> str:
 
 
 def _same_config(saved: dict, cfg: TrainConfig) -> bool:
-    # fields added after a run started take their defaults
-    return {**asdict(TrainConfig()), **saved} == asdict(cfg)
+    # Fields added after a run started take their defaults. The step total may change on resume
+    # (to extend or shorten a run): the cosine schedule then follows the new total from the
+    # current step on, and the run's curve shows where.
+    a, b = {**asdict(TrainConfig()), **saved}, asdict(cfg)
+    a.pop("steps"), b.pop("steps")
+    return a == b
 
 
 def hardware() -> str:
@@ -161,6 +165,11 @@ def train(
         sampler.gen.set_state(ckpt["sampler_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
         step, wall, curve = ckpt["step"], ckpt["wall_time"], ckpt["curve"]
+        if ckpt["train_config"].get("steps", cfg.steps) != cfg.steps:
+            print(
+                f"resuming at step {step} with a new step total: "
+                f"{ckpt['train_config']['steps']} -> {cfg.steps}"
+            )
 
     def save_last() -> None:
         tmp = out / "last.pt.tmp"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cmanp_bo import pretrained
-from cmanp_bo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cmanp_bo.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
 from cmanp_bo.nn import CMANP, CMANPConfig
 from cmanp_bo.train import TrainConfig, train
 
@@ -97,10 +97,19 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     train(cfg, tmp_path, progress=False, stop_after=2)
     with pytest.raises(ValueError, match="different configuration"):
         train(
-            TrainConfig(steps=5, batch_size=2, eval_every=4, eval_batches=1, model=TINY),
+            TrainConfig(steps=4, batch_size=3, eval_every=4, eval_batches=1, model=TINY),
             tmp_path,
             progress=False,
         )
+
+
+def test_resume_may_change_the_step_total(tmp_path):
+    cfg = TrainConfig(steps=8, batch_size=2, eval_every=4, eval_batches=1, model=TINY)
+    train(cfg, tmp_path, progress=False, stop_after=2)
+    shorter = TrainConfig(steps=5, batch_size=2, eval_every=4, eval_batches=1, model=TINY)
+    path = train(shorter, tmp_path, progress=False)
+    card = read_card(path)
+    assert card["steps"] == 5 and [row[0] for row in card["heldout_curve"]] == [4, 5]
 
 
 def test_training_reduces_loss(tmp_path):

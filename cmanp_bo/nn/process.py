@@ -152,9 +152,38 @@ class NeuralProcess(nn.Module):
 
     # ----------------------------------------------------------------------------- targets
     def _decode(self, state: Any, x: Tensor) -> Tensor:
-        """Head outputs ``batch_shape x m x num_out``: targets read each layer's representation."""
+        """Head outputs ``batch_shape x m x num_out``: targets read each layer's representation.
+
+        Every target is decoded independently of the others, so target columns that are the same
+        point in every batch element (an acquisition's baseline, concatenated to each candidate)
+        are decoded once and broadcast: the result is the same, the cost is that of the distinct
+        points. Gradients of such a shared column reach its copy in the first batch element (their
+        sum over the batch is exact); in an acquisition function the shared columns are the
+        constant baseline, whose gradient is discarded anyway.
+        """
         self._check_inputs(x, "x", self.cfg.dim_x, "dim_x")
-        memory = self.representations(state)
+        memory = self.representations(state)  # validates the state
+        if x.dim() >= 3 and len(state.batch_shape) == 0 and x.shape[:-2].numel() > 1:
+            flat = x.reshape(-1, *x.shape[-2:])
+            shared = (flat == flat[:1]).all(-1).all(0)  # m: same point in every batch element
+            if shared.any():
+                out = self._decode_with_shared(state, memory, flat, shared)
+                return out.reshape(*x.shape[:-1], -1)
+        return self._decode_points(state, memory, x)
+
+    def _decode_with_shared(
+        self, state: Any, memory: list[Tensor], x: Tensor, shared: Tensor
+    ) -> Tensor:
+        b = x.shape[0]
+        idx_shared, idx_rest = shared.nonzero().squeeze(-1), (~shared).nonzero().squeeze(-1)
+        out_shared = self._decode_points(state, memory, x[:1, idx_shared])
+        parts = [out_shared.expand(b, *out_shared.shape[1:])]
+        if idx_rest.numel():
+            parts.append(self._decode_points(state, memory, x[:, idx_rest]))
+        order = torch.cat([idx_shared, idx_rest]).argsort()
+        return torch.cat(parts, dim=-2)[:, order]
+
+    def _decode_points(self, state: Any, memory: list[Tensor], x: Tensor) -> Tensor:
         batch_shape = broadcast_batch(state.batch_shape, x.shape[:-2], "state", "x")
         h = self.embed_query(self._features(x)).expand(*batch_shape, x.shape[-2], self.cfg.d_model)
         for layer, rep in zip(self.decoder, memory, strict=True):

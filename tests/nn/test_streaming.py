@@ -204,3 +204,26 @@ def test_state_expand_is_a_broadcast():
     assert wide.batch_shape == torch.Size([3, 1]) and wide.num_points == 20
     for a, b in zip(outputs(net, wide, xq), outputs(net, state, xq)):
         assert torch.equal(a, b.expand_as(a))
+
+
+@pytest.mark.parametrize("arch", ["cmanp", "tnp", "lbanp"])
+def test_columns_shared_across_the_batch_decode_like_separate_calls(arch):
+    """An acquisition's baseline, repeated in every batch element, is decoded once: moments and
+    the candidates' gradients equal those of decoding each batch element on its own."""
+    from tests.helpers import small_net as peer_net
+
+    net = peer_net(dtype=torch.float64, arch=arch, fourier_features=4)
+    state = net.encode(torch.rand(12, 2, dtype=torch.float64), torch.randn(12, 1).double())
+    base = torch.rand(7, 2, dtype=torch.float64)
+    cand = torch.rand(5, 2, 2, dtype=torch.float64, requires_grad=True)
+    X = torch.cat([base.expand(5, 7, 2), cand], dim=1)
+    mean, cov, noise = net.joint_moments(state, X)
+    ref = [net.joint_moments(state, X[i : i + 1]) for i in range(5)]
+    for got, want in zip((mean, cov, noise), zip(*ref)):
+        assert torch.allclose(got, torch.cat(want), atol=1e-12)
+    (grad,) = torch.autograd.grad(mean.sum() + cov.sum(), cand)
+    (grad_ref,) = torch.autograd.grad(sum(m.sum() + c.sum() for m, c, _ in ref), cand)
+    assert torch.allclose(grad, grad_ref, atol=1e-10)
+    # all columns shared (identical batch elements) and none shared take the same path
+    same = base.expand(3, 7, 2)
+    assert torch.allclose(net.joint_moments(state, same)[1], net.joint_moments(state, base)[1])

@@ -1,0 +1,101 @@
+"""Ship a trained run as a package checkpoint: weights + model card + learning curve.
+
+    python experiments/ship_checkpoint.py runs/bo-default --name bo-default \
+        --command "cmanp-bo train ..." --note "..." [--eval experiments/results/prior_fit.json]
+
+Copies ``RUN/model.pt`` to ``cmanp_bo/pretrained/NAME.pt`` (float32, checksummed) with a card that
+holds the run's own card (prior, steps, wall time, hardware, held-out curve) plus the command,
+the prior's settings, notes and, with ``--eval``, the quality summary of experiments/prior_fit.py.
+Writes the held-out log-likelihood vs training time to ``experiments/results/NAME_curve.{csv,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+from cmanp_bo.checkpoint import load_checkpoint, read_card, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAINED = ROOT / "cmanp_bo" / "pretrained"
+RESULTS = ROOT / "experiments" / "results"
+
+
+def prior_settings(options: dict) -> dict:
+    """Every setting of the BO prior the run used (defaults filled in)."""
+    import inspect
+
+    from cmanp_bo.priors.bo import BOPriorSampler
+
+    defaults = {
+        k: v.default
+        for k, v in inspect.signature(BOPriorSampler).parameters.items()
+        if k not in ("seed", "dtype")
+    }
+    return {**defaults, **options}
+
+
+def write_curve(curve: list, name: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(out / f"{name}_curve.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "wall_time_s", "heldout_ll", "heldout_se"])
+        w.writerows(curve)
+    steps, wall, ll, se = zip(*curve)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar([t / 60 for t in wall], ll, yerr=se, capsize=2, marker="o", ms=3)
+    ax.set_xlabel("training wall-clock (min)")
+    ax.set_ylabel("held-out LL per target (joint)")
+    ax.set_title(f"{name}: held-out log-likelihood vs training time")
+    for s, t, v in list(zip(steps, wall, ll))[:: max(1, len(steps) // 6)]:
+        ax.annotate(f"{s}", (t / 60, v), fontsize=6, textcoords="offset points", xytext=(2, -8))
+    fig.tight_layout()
+    fig.savefig(out / f"{name}_curve.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("run", type=Path, help="a finished training run folder (holds model.pt)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--command", required=True, help="the command that trained it")
+    p.add_argument("--note", action="append", default=[], help="a line for the card's notes")
+    p.add_argument("--eval", type=Path, help="prior_fit summary JSON to put in the card")
+    p.add_argument("--hardware", help="override the recorded hardware string")
+    args = p.parse_args()
+
+    model = args.run / "model.pt"
+    net = load_checkpoint(model)
+    card = read_card(model)
+    train_config = None
+    if (args.run / "last.pt").exists():
+        train_config = torch.load(args.run / "last.pt", weights_only=False)["train_config"]
+    card["command"] = args.command
+    card["notes"] = args.note
+    if train_config:
+        card["train_config"] = train_config
+    if train_config and train_config.get("prior") == "bo":
+        card["prior_settings"] = prior_settings(train_config.get("prior_options", {}))
+    if args.hardware:
+        card["hardware"] = args.hardware
+    if args.eval:
+        card["eval"] = json.loads(args.eval.read_text())
+    for key in ("format", "file", "sha256", "arch", "config", "num_parameters"):
+        card.pop(key, None)
+    dest = PRETRAINED / f"{args.name}.pt"
+    written = save_checkpoint(net, dest, card)
+    write_curve(card.get("heldout_curve", []), args.name, RESULTS)
+    size = dest.stat().st_size / 2**20
+    print(f"wrote {dest} ({size:.2f} MiB, sha256 {written['sha256'][:12]}...)")
+
+
+if __name__ == "__main__":
+    main()
