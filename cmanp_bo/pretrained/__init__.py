@@ -54,13 +54,21 @@ def load(name: str, dtype: torch.dtype = torch.float32) -> CMANP:
 def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
     """The network the BoTorch model uses by default for ``dim_x`` inputs.
 
-    The shipped BO checkpoint when there is one that supports ``dim_x``; until then a small,
-    seeded, randomly initialised network with a joint head (warned once), so the API works.
+    The shipped BO checkpoint (zero-padded inputs: it serves every ``dim_x`` up to its own;
+    ``CheckpointError`` above that). Without a shipped file (a development tree), a small, seeded,
+    randomly initialised network with a joint head (warned), so the API still works.
     """
     if DEFAULT_BO in available():
         net = load(DEFAULT_BO, dtype)
-        if net.cfg.dim_x >= dim_x:
-            return net
+        if net.cfg.dim_x < dim_x:
+            raise CheckpointError(
+                f"the default BO checkpoint supports up to d={net.cfg.dim_x} inputs, got "
+                f"d={dim_x}: reduce the search space, or train a checkpoint for d={dim_x} "
+                f"(cmanp-bo train --prior bo --prior-options '{{\"max_dim\": {dim_x}}}' "
+                f"--model '{{\"dim_x\": {dim_x}, \"joint_head\": true}}' --out RUN) and pass "
+                "checkpoint='RUN/model.pt'"
+            )
+        return net
     return _untrained_bo_network(dim_x).to(dtype)
 
 
