@@ -1,16 +1,24 @@
-"""Scaling benchmark: memory and update cost of CMANP vs a full-attention (TNP-D-style) encoder.
+"""Scaling benchmark: memory and update cost of CMANP vs two re-encoding peers.
+
+The peers (``cmanp_bo.architectures.build_network``, all three with the same ``CMANPConfig``):
+a full-attention TNP-D (``surrogates.tnp``; O(n^2) time and memory per encode) and a latent
+bottleneck LBANP (``surrogates.lbanp``; its latents cross-attend to all n context tokens in every
+layer, O(n) time and memory per encode). Neither has an incremental form, so their update
+re-encodes all n + 1 points.
 
 For n = 1e2 .. 1e6 context points (batch 1, d_x = d_y = 1, float32, one thread):
 
 * peak memory BEYOND the inputs while encoding the context (CMANP: blocks of 1024 points) and
-  while absorbing one more point (CMANP: ``net.update``; TNP-D: re-encoding all n + 1 points,
-  since full attention has no incremental form); for CMANP also, as a diagnostic, a stream that
-  encodes one point and absorbs the rest through ``net.update`` in blocks of 1024;
+  while absorbing one more point (CMANP: ``net.update``; TNP-D and LBANP: re-encoding all n + 1
+  points); for CMANP also, as a diagnostic, a stream that encodes one point and absorbs the rest
+  through ``net.update`` in blocks of 1024;
 * the median time of a single-point update over many repeats.
 
 Targets (issue 2): CMANP memory flat in n (within 10 % from 1e3 to 1e6), CMANP update time flat
-(median at 1e5 within 1.2x of 1e2). The full-attention model runs only where its attention scores
-fit the memory cap (estimate n^2 * heads * 4 bytes); larger n are recorded as skipped.
+(median at 1e5 within 1.2x of 1e2). A re-encoding peer runs only where its memory estimate fits
+the cap (TNP-D: one layer's attention scores, n^2 * heads * 4 bytes; LBANP: one layer's
+latent-context scores and a few token-sized tensors, n * (latents * heads + 4 * d_model) * 4
+bytes); larger n are recorded as skipped, with the estimate and an extrapolation.
 
 Memory method (Linux): every (model, n, phase, repeat) runs in a fresh subprocess that builds the
 network, warms it up on small inputs of the same block shapes, creates the inputs (and, for the
@@ -33,9 +41,10 @@ background load hits every n alike; medians and quartiles are reported. Encode t
 the memory subprocesses (one encode per run).
 
 Usage:
-    python experiments/scaling.py            # full run (n up to 1e6), several minutes
-    python experiments/scaling.py --quick    # smoke run (n up to 1e4)
-    python experiments/scaling.py --out DIR  # write scaling.{csv,json,png} to DIR
+    python experiments/scaling.py                  # full run (n up to 1e6), several minutes
+    python experiments/scaling.py --quick          # smoke run (n up to 1e4)
+    python experiments/scaling.py --out DIR        # write scaling.{csv,json,png} to DIR
+    python experiments/scaling.py --models cmanp lbanp   # a subset (default: all three)
 """
 
 from __future__ import annotations
@@ -58,9 +67,9 @@ from pathlib import Path
 
 import torch
 
+from cmanp_bo.architectures import build_network
 from cmanp_bo.nn import CMANP, CMANPConfig
 from cmanp_bo.nn.cmanp import state_size_bytes
-from surrogates.tnp import TNPD, TNPState
 
 NS_FULL = [10**2, 10**3, 10**4, 10**5, 10**6]
 NS_QUICK = [10**2, 10**3, 10**4]
@@ -68,9 +77,28 @@ NS_QUICK = [10**2, 10**3, 10**4]
 MODEL_KW = {"num_layers": 4, "num_latents": 64, "num_block_latents": 64}
 BLOCK_SIZE = 1024
 SEED = 0
-MODELS = ("cmanp", "tnp")
-PHASES = {"cmanp": ("encode", "update", "stream"), "tnp": ("encode", "update")}
-LABELS = {"cmanp": "CMANP (streamed, blocks of 1024)", "tnp": "TNP-D-style full attention"}
+MODELS = ("cmanp", "tnp", "lbanp")
+# peers without an incremental update: ``update`` re-encodes all n + 1 points
+REENCODING = ("tnp", "lbanp")
+PHASES = {
+    "cmanp": ("encode", "update", "stream"),
+    "tnp": ("encode", "update"),
+    "lbanp": ("encode", "update"),
+}
+LABELS = {
+    "cmanp": "CMANP (streamed, blocks of 1024)",
+    "tnp": "TNP-D-style full attention",
+    "lbanp": "LBANP latent bottleneck",
+}
+SHORT = {"cmanp": "CMANP", "tnp": "TNP-D", "lbanp": "LBANP"}
+COLORS = {"cmanp": "C0", "tnp": "C3", "lbanp": "C2"}
+# what the memory estimate of a re-encoding peer counts, and how its encode time grows with n
+ESTIMATE_TEXT = {
+    "tnp": "n^2*heads*4 B, one layer's attention scores",
+    "lbanp": "n*(latents*heads + 4*d_model)*4 B, one layer's latent-context scores + tokens",
+}
+TIME_EXPONENT = {"tnp": 2, "lbanp": 1}
+LBANP_TOKEN_COPIES = 4  # token-sized tensors alive at once (tokens, normed, keys, values)
 MiB = 2**20
 GiB = 2**30
 # memory target tolerance: 10 % relative, or this absolute spread for phases whose peak is
@@ -89,7 +117,7 @@ def config() -> CMANPConfig:
 
 def make_model(name: str) -> torch.nn.Module:
     torch.manual_seed(SEED)  # weights do not change the cost; a fixed seed anyway
-    net = CMANP(config()) if name == "cmanp" else TNPD(config())
+    net = build_network(name, config())
     net.requires_grad_(False)
     return net.eval()
 
@@ -110,25 +138,42 @@ def encode(name: str, net, x: torch.Tensor, y: torch.Tensor):
 def state_for_update(name: str, net, x: torch.Tensor, y: torch.Tensor):
     """The state of ``n`` points that an update starts from.
 
-    TNP-D's update re-encodes the raw points and never reads the old tokens, so its state is
-    built with tokens of the right shape (the same memory) without paying the O(n^2) encode.
+    A re-encoding peer's update re-encodes the raw points and never reads the old per-layer
+    tensors, so its state is built with tensors of the right shape (the same memory: TNP-D a token
+    per point, LBANP ``num_latents`` latents per layer) without paying for the encode.
     """
     if name == "cmanp":
         return net.encode(x, y, block_size=BLOCK_SIZE)
-    n, d = x.shape[-2], net.cfg.d_model
-    return TNPState(x, y, tuple(torch.zeros(1, n, d) for _ in range(net.cfg.num_layers)))
+    cfg = net.cfg
+    rows = x.shape[-2] if name == "tnp" else cfg.num_latents
+    layers = tuple(torch.zeros(1, rows, cfg.d_model) for _ in range(cfg.num_layers))
+    return net.state_class(x, y, layers)
 
 
 def state_bytes(name: str, state) -> int:
     if name == "cmanp":
         return state_size_bytes(state)
-    ts = [state.x, state.y, *state.tokens]
-    return sum(t.numel() * t.element_size() for t in ts)
+    return sum(t.numel() * t.element_size() for t in state.tensors())
 
 
-def tnp_estimate_bytes(n: int) -> int:
-    """Attention scores of one full-attention layer: n^2 * heads * 4 bytes (float32)."""
-    return n * n * config().num_heads * 4
+def estimate_bytes(name: str, n: int) -> int:
+    """Memory estimate (float32) of one re-encode of ``n`` points by a peer; see ESTIMATE_TEXT.
+
+    TNP-D: attention scores of one full-attention layer, n^2 * heads * 4 bytes. LBANP: scores of
+    one layer's latents reading the context, n * latents * heads * 4 bytes, plus a few token-sized
+    tensors, n * d_model * 4 bytes each.
+    """
+    cfg = config()
+    if name == "tnp":
+        return n * n * cfg.num_heads * 4
+    if name == "lbanp":
+        return n * (cfg.num_latents * cfg.num_heads + LBANP_TOKEN_COPIES * cfg.d_model) * 4
+    raise ValueError(f"no memory estimate for {name!r} (its memory does not grow with n)")
+
+
+def fits(name: str, n: int, cap_bytes: int) -> bool:
+    """Whether ``name`` runs at ``n`` points under the memory cap (CMANP always does)."""
+    return name not in REENCODING or estimate_bytes(name, n) <= cap_bytes
 
 
 # ----------------------------------------------------------------------------- memory probes
@@ -252,7 +297,7 @@ def warm_up(model: str, net, n: int) -> None:
     """Run every code path once on small inputs with the phase's block shapes.
 
     CMANP: the first block (``min(n, 1024)`` points), a full and the last partial block on the
-    absorb path, a single-point update. TNP-D: a 64-point encode and update.
+    absorb path, a single-point update. TNP-D, LBANP: a 64-point encode and update.
     """
     if model == "cmanp":
         rest = n % BLOCK_SIZE or BLOCK_SIZE
@@ -369,9 +414,10 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(values), q[2]
 
 
-def summarise(rows: list[dict], ns: list[int], cap_bytes: int) -> tuple[dict, dict]:
-    res: dict = {m: {} for m in MODELS}
-    for m in MODELS:
+def summarise(rows: list[dict], ns: list[int], models: list[str]) -> tuple[dict, dict]:
+    """Per (model, n, phase): memory medians and update-time quartiles; CMANP's targets."""
+    res: dict = {m: {} for m in models}
+    for m in models:
         for n in ns:
             entry: dict = {}
             for phase in PHASES[m]:
@@ -412,6 +458,8 @@ def summarise(rows: list[dict], ns: list[int], cap_bytes: int) -> tuple[dict, di
         return e.get(key)
 
     targets: dict = {}
+    if "cmanp" not in models:
+        return res, targets
     mem_ns = [n for n in ns if 10**3 <= n <= 10**6]
     what = {
         "encode": "while encoding with net.encode(block_size=1024)",
@@ -458,36 +506,38 @@ def summarise(rows: list[dict], ns: list[int], cap_bytes: int) -> tuple[dict, di
     return res, targets
 
 
-def extrapolate_tnp(res: dict, ns: list[int]) -> None:
-    """Add, for skipped full-attention sizes, what they would have needed.
+def extrapolate(res: dict, ns: list[int], name: str) -> None:
+    """Add, for a re-encoding peer's skipped sizes, what they would have needed.
 
-    Memory: the n^2*heads*4 B estimate and that estimate scaled by the measured/estimate ratio
-    at the largest measured n; time: the largest measured update time scaled by (n/n_max)^2.
+    Memory: the ``estimate_bytes`` estimate and that estimate scaled by the measured/estimate
+    ratio at the largest measured n; time: the largest measured update time scaled by
+    (n/n_max)^k (k = 2 for TNP-D, 1 for LBANP). Measured sizes get their measured/estimate ratio.
     """
-    done = [n for n in ns if res["tnp"][str(n)]["encode"]["status"] == "ok"]
+    done = [n for n in ns if res[name][str(n)]["encode"]["status"] == "ok"]
     if not done:
         return
     n_max = max(done)
-    e_max = res["tnp"][str(n_max)]
-    ratio = e_max["encode"]["peak_extra_mib_median"] * MiB / tnp_estimate_bytes(n_max)
+    e_max = res[name][str(n_max)]
+    ratio = e_max["encode"]["peak_extra_mib_median"] * MiB / estimate_bytes(name, n_max)
     t_max = e_max["update"].get("time_median_s")
+    k = TIME_EXPONENT[name]
     for n in ns:
         for phase in ("encode", "update"):
-            e = res["tnp"][str(n)][phase]
+            e = res[name][str(n)][phase]
             n_eff = n + (phase == "update")
             if e["status"] == "ok":
                 e["measured_over_estimate"] = round(
-                    e["peak_extra_mib_median"] * MiB / tnp_estimate_bytes(n_eff), 3
+                    e["peak_extra_mib_median"] * MiB / estimate_bytes(name, n_eff), 3
                 )
                 continue
-            e["estimate_gib"] = round(tnp_estimate_bytes(n_eff) / GiB, 1)
-            e["extrapolated_gib"] = round(ratio * tnp_estimate_bytes(n_eff) / GiB, 1)
+            e["estimate_gib"] = round(estimate_bytes(name, n_eff) / GiB, 1)
+            e["extrapolated_gib"] = round(ratio * estimate_bytes(name, n_eff) / GiB, 1)
             e["extrapolation"] = (
                 f"estimate x measured/estimate ratio {ratio:.2f} at n={n_max}; "
-                "time x (n/n_max)^2; NOT measured"
+                f"time x (n/n_max)^{k}; NOT measured"
             )
             if phase == "update" and t_max is not None:
-                e["extrapolated_update_s"] = round(t_max * (n_eff / (n_max + 1)) ** 2, 1)
+                e["extrapolated_update_s"] = round(t_max * (n_eff / (n_max + 1)) ** k, 1)
 
 
 def plot(res: dict, ns: list[int], path: Path) -> None:
@@ -497,10 +547,11 @@ def plot(res: dict, ns: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    styles = {"cmanp": dict(color="C0"), "tnp": dict(color="C3")}
+    models = list(res)
+    styles = {m: dict(color=COLORS[m]) for m in models}
     floor = 1e-3  # MiB; plotted floor for near-zero peaks
     ax = axes[0]
-    for m in MODELS:
+    for m in models:
         look = {"encode": ("o", "-"), "update": ("s", "--"), "stream": ("^", ":")}
         for phase in PHASES[m]:
             marker, ls = look[phase]
@@ -510,23 +561,23 @@ def plot(res: dict, ns: list[int], path: Path) -> None:
                 if e["status"] == "ok":
                     xs.append(n)
                     ys.append(max(e["peak_extra_mib_median"], floor))
-                elif m == "tnp":
+                elif m in REENCODING:
                     sx.append(n)
-                    sy.append(tnp_estimate_bytes(n + (phase == "update")) / MiB)
+                    sy.append(estimate_bytes(m, n + (phase == "update")) / MiB)
             what = {
                 "encode": "encode" + (" (blocks of 1024)" if m == "cmanp" else ""),
                 "update": "absorb 1 point" if m == "cmanp" else "absorb 1 point (re-encode n+1)",
                 "stream": "diagnostic: encode 1 pt + update in blocks",
             }[phase]
-            ax.plot(xs, ys, marker=marker, ls=ls, label=f"{m.upper()}: {what}", **styles[m])
+            ax.plot(xs, ys, marker=marker, ls=ls, label=f"{SHORT[m]}: {what}", **styles[m])
             if sx and phase == "encode":
                 ax.plot(
                     sx,
                     sy,
                     marker="x",
                     ls=":",
-                    color="C3",
-                    label="TNP-D skipped: n²·heads·4 B estimate",
+                    label=f"{SHORT[m]} skipped: estimate {ESTIMATE_TEXT[m].split(',')[0]}",
+                    **styles[m],
                 )
     ax.set(
         xscale="log",
@@ -542,7 +593,7 @@ def plot(res: dict, ns: list[int], path: Path) -> None:
         (axes[1], "update", "Time to absorb one point"),
         (axes[2], "encode", "Time to encode n points (memory runs, median)"),
     ):
-        for m in MODELS:
+        for m in models:
             xs, med, lo, hi = [], [], [], []
             for n in ns:
                 e = res[m][str(n)][phase]
@@ -557,7 +608,9 @@ def plot(res: dict, ns: list[int], path: Path) -> None:
                     med.append(e["phase_seconds_median"] * 1e3)
                     lo.append(0)
                     hi.append(0)
-            label = LABELS[m] + (" (re-encode n+1)" if m == "tnp" and phase == "update" else "")
+            label = LABELS[m] + (
+                " (re-encode n+1)" if m in REENCODING and phase == "update" else ""
+            )
             ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=label, **styles[m])
             ex = [
                 (n, res[m][str(n)][phase]["extrapolated_update_s"] * 1e3)
@@ -571,14 +624,15 @@ def plot(res: dict, ns: list[int], path: Path) -> None:
                     ls=":",
                     marker="o",
                     mfc="none",
-                    color="C3",
-                    label="TNP-D extrapolated ~n² (not run)",
+                    label=f"{SHORT[m]} extrapolated ~n^{TIME_EXPONENT[m]} (not run)",
+                    **styles[m],
                 )
         ax.set(xscale="log", yscale="log", xlabel="context points n", ylabel="ms", title=title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     axes[1].set_title("Time to absorb one point (median, IQR)")
-    fig.suptitle("CMANP vs full attention, batch 1, d_x=1, float32, 1 CPU thread", fontsize=10)
+    title = " vs ".join(SHORT[m] for m in models)
+    fig.suptitle(f"{title}, batch 1, d_x=1, float32, 1 CPU thread", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -593,7 +647,15 @@ def main(argv: list[str] | None = None) -> None:
         "--mem-cap-gib",
         type=float,
         default=None,
-        help="skip full attention where n^2*heads*4 B exceeds this (default 8, quick 1)",
+        help="skip a re-encoding peer (TNP-D, LBANP) where its memory estimate exceeds this "
+        "(default 8, quick 1)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(MODELS),
+        help="models to measure (default: all three)",
     )
     p.add_argument(
         "--mem-repeats",
@@ -620,6 +682,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
+    models = [m for m in MODELS if m in args.models]  # canonical order, no duplicates
     ns = NS_QUICK if args.quick else NS_FULL
     max_reps = args.update_repeats or (100 if args.quick else 500)
     if args.mem_cap_gib is None:
@@ -691,15 +754,15 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     # 2. peak memory, one subprocess per (model, n, phase, repeat)
-    for m in MODELS:
+    for m in models:
         for n in ns:
             for phase in PHASES[m]:
-                n_eff = n + (phase == "update" and m == "tnp")
-                if m == "tnp" and tnp_estimate_bytes(n_eff) > cap_bytes:
-                    need = tnp_estimate_bytes(n_eff) / GiB
+                n_eff = n + (phase == "update" and m in REENCODING)
+                if not fits(m, n_eff, cap_bytes):
+                    need = estimate_bytes(m, n_eff) / GiB
                     note = (
-                        f"skipped (would need {need:.3g} GiB for one layer's attention "
-                        f"scores, n^2*heads*4 B; cap {args.mem_cap_gib:g} GiB)"
+                        f"skipped (would need {need:.3g} GiB by the estimate "
+                        f"{ESTIMATE_TEXT[m]}; cap {args.mem_cap_gib:g} GiB)"
                     )
                     row(
                         model=m,
@@ -736,8 +799,8 @@ def main(argv: list[str] | None = None) -> None:
                         input_bytes=o["input_bytes"],
                         state_bytes=o["state_bytes"],
                         method=f"{o['method']}; {o['malloc']}",
-                        note="tnp update = re-encode n+1 points"
-                        if m == "tnp" and phase == "update"
+                        note=f"{m} update = re-encode n+1 points"
+                        if m in REENCODING and phase == "update"
                         else ("diagnostic" if phase == "stream" else ""),
                     )
                     print(
@@ -750,8 +813,8 @@ def main(argv: list[str] | None = None) -> None:
                         break  # deterministic to ~0.2 MiB; one run of a slow phase
 
     # 3. single-point update time, this process, n interleaved
-    for m in MODELS:
-        fit = [n for n in ns if m == "cmanp" or tnp_estimate_bytes(n + 1) <= cap_bytes]
+    for m in models:
+        fit = [n for n in ns if fits(m, n + 1, cap_bytes)]
         budget = 10.0 if m == "cmanp" else (4.0 if args.quick else 10.0)
         print(f"timing {m} updates at n={fit} ...", flush=True)
         times = time_updates(m, fit, max_reps=max_reps, budget_s=budget)
@@ -775,7 +838,7 @@ def main(argv: list[str] | None = None) -> None:
                     repeat=r,
                     value=t,
                     unit="s",
-                    note="re-encode n+1 points" if m == "tnp" else "",
+                    note="re-encode n+1 points" if m in REENCODING else "",
                 )
             print(
                 f"  {m:<5} n={n:<8} update median {statistics.median(times[n]) * 1e3:10.3f} ms"
@@ -783,8 +846,10 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
 
-    res, targets = summarise(rows, ns, cap_bytes)
-    extrapolate_tnp(res, ns)
+    res, targets = summarise(rows, ns, models)
+    for m in models:
+        if m in REENCODING:
+            extrapolate(res, ns, m)
     machine["load_average_end"] = os.getloadavg()
     wall = time.perf_counter() - t_start
     command = shlex.join(["python", "experiments/scaling.py", *(argv or sys.argv[1:])])
@@ -804,9 +869,15 @@ def main(argv: list[str] | None = None) -> None:
             "threads": 1,
             "cmanp_block_size": BLOCK_SIZE,
             "ns": ns,
+            "models": models,
             "tnp": "surrogates.tnp.TNPD: embedder + num_layers SelfAttentionLayer over all "
             "context tokens (same d_model/heads/d_ff/layers); update re-encodes n+1",
+            "lbanp": "surrogates.lbanp.LBANP: embedder + num_layers blocks in which num_latents "
+            "latents cross-attend to all context tokens, then self-attend (same "
+            "d_model/heads/d_ff/layers/num_latents); update re-encodes n+1",
+            "memory_cap_gib": args.mem_cap_gib,
             "tnp_memory_cap_gib": args.mem_cap_gib,
+            "memory_estimates": {m: ESTIMATE_TEXT[m] for m in models if m in REENCODING},
         },
         "method": {
             "memory": "one fresh subprocess per (model, n, phase, repeat): build net, warm up on "
@@ -844,16 +915,17 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{'model':<6} {'n':>8} {'enc peak MiB':>13} {'enc s':>8} {'upd peak MiB':>13} "
         f"{'upd median ms':>14}"
     )
-    for m in MODELS:
+    for m in models:
         for n in ns:
             e, u = res[m][str(n)]["encode"], res[m][str(n)]["update"]
             if e["status"] != "ok":
                 print(f"{m:<6} {n:>8}  {e['note']}")
                 continue
             ut = f"{u['time_median_s'] * 1e3:14.3f}" if "time_median_s" in u else f"{'-':>14}"
+            up = f"{u['peak_extra_mib_median']:13.3f}" if u["status"] == "ok" else f"{'-':>13}"
             print(
                 f"{m:<6} {n:>8} {e['peak_extra_mib_median']:13.3f} "
-                f"{e['phase_seconds_median']:8.3f} {u['peak_extra_mib_median']:13.3f} {ut}"
+                f"{e['phase_seconds_median']:8.3f} {up} {ut}"
             )
     for k, t in targets.items():
         print(
