@@ -573,8 +573,10 @@ class StateCache:
     ``n`` points is computed from the first ``frame_base(n, rebase_factor)`` of them (the first
     1, 2, 4, 8, ... points for a factor of 2). When ``n`` reaches the next point of the schedule
     all points are re-encoded in the new frame: O(n) work every time ``n`` doubles, O(1)
-    amortised per point. A state built incrementally equals the one-shot encoding up to
-    floating-point rounding (the update is exact and order-free).
+    amortised per point. With the streaming CMANP, points are always absorbed one at a time
+    (``_absorb_canonically``), so a state built incrementally is bit-identical to one rebuilt
+    from scratch: a run restored from a snapshot proposes exactly what the uninterrupted run
+    would. Re-encoding peers (TNP-D, LBANP) encode all points at every call anyway.
 
     Args:
         max_entries: data sets kept (least recently used dropped first). A state is constant in
@@ -635,13 +637,16 @@ class StateCache:
                 state, history = hit.state, hit.history
             else:
                 Z_new, Y_new = Z[k:], Y[k:]
-                state = net.update(hit.state, Z_new, frame.apply(Y_new))
+                state = _absorb_canonically(net, hit.state, Z_new, frame.apply(Y_new))
                 history = _History(hit.history, Z_new, Y_new)
             embedded = n - k if net.incremental_update else n
             record = EmbedRecord(n, embedded=embedded, reused=n - embedded, rebased=False)
         else:
             frame = OutcomeFrame.from_data(Y[:base])
-            state = net.encode(Z, frame.apply(Y), block_size=ENCODE_BLOCK)
+            if net.incremental_update:
+                state = _absorb_canonically(net, net.empty_state(), Z, frame.apply(Y))
+            else:
+                state = net.encode(Z, frame.apply(Y), block_size=ENCODE_BLOCK)
             history = _History(None, Z, Y)
             record = EmbedRecord(num_points=n, embedded=n, reused=0, rebased=hit is not None)
         digest = _digest(Z, Y, n)
@@ -652,6 +657,22 @@ class StateCache:
             self._entries.popitem(last=False)
         self._records.append(record)
         return _Built(state, frame, history, record)
+
+
+def _absorb_canonically(
+    net: NeuralProcess, state: ContextState, Z: Tensor, Y_framed: Tensor
+) -> ContextState:
+    """Absorb the points one at a time, each embedded on its own.
+
+    The floating-point result of the streaming update depends on how points are grouped (the
+    same math, different rounding). One point at a time is the grouping that every arrival
+    pattern shares, so the state of a data set, and hence every proposal, is bit-identical
+    whether it was built trial by trial, in bursts, or from scratch after a restart. The cost
+    stays O(new points); only a cold rebuild pays one network call per point.
+    """
+    for i in range(Z.shape[-2]):
+        state = net.update(state, Z[i : i + 1], Y_framed[i : i + 1])
+    return state
 
 
 # ------------------------------------------------------------------------------------ joint

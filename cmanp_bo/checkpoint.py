@@ -139,7 +139,10 @@ def load_checkpoint(
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
     try:
-        net = cls(CMANPConfig(**config))
+        # Building the network draws its (overwritten) initial weights: keep that off the global
+        # RNG, so that loading a checkpoint lazily inside a seeded loop changes nothing after it.
+        with torch.random.fork_rng():
+            net = cls(CMANPConfig(**config))
         net.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match its config: {e}") from None

@@ -154,3 +154,15 @@ def test_training_on_the_bo_prior(tmp_path):
     assert net.cfg.dim_x == 3 and "unit cube" in card["prior"] and len(card["heldout_curve"]) == 1
     with pytest.raises(ValueError, match="unknown prior"):
         train(TrainConfig(prior="nope", model=TINY), tmp_path / "x", progress=False)
+
+
+def test_loading_a_checkpoint_leaves_the_global_rng_alone(tmp_path):
+    # A lazily loaded network inside a seeded loop (Ax under with_rng_seed) must not shift
+    # every random draw after it.
+    path = tmp_path / "net.pt"
+    save_checkpoint(CMANP(CMANPConfig(**TINY, fourier_features=3)), path)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    load_checkpoint(path)
+    assert torch.equal(torch.rand(3), expected)
