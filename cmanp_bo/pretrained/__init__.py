@@ -65,7 +65,7 @@ def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
                 f"the default BO checkpoint supports up to d={net.cfg.dim_x} inputs, got "
                 f"d={dim_x}: reduce the search space, or train a checkpoint for d={dim_x} "
                 f"(cmanp-bo train --prior bo --prior-options '{{\"max_dim\": {dim_x}}}' "
-                f"--model '{{\"dim_x\": {dim_x}, \"joint_head\": true}}' --out RUN) and pass "
+                f'--model \'{{"dim_x": {dim_x}, "joint_head": true}}\' --out RUN) and pass '
                 "checkpoint='RUN/model.pt'"
             )
         return net
