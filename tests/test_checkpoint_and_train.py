@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -166,3 +167,18 @@ def test_loading_a_checkpoint_leaves_the_global_rng_alone(tmp_path):
     torch.manual_seed(5)
     load_checkpoint(path)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_default_bo_network_serves_its_dimensions_and_repeats_its_card_warning(monkeypatch):
+    net = pretrained.default_bo_network(1)
+    assert net.cfg.dim_x == 10 and net.cfg.joint_head
+    with pytest.raises(CheckpointError, match="supports up to d=10 inputs, got d=11"):
+        pretrained.default_bo_network(11)
+    real = pretrained.card("bo-default")
+    weak = {"min_dim": 3, "message": "measured weakness"}
+    monkeypatch.setattr(pretrained, "card", lambda name: {**real, "known_weakness": weak})
+    with pytest.warns(RuntimeWarning, match="bo-default for d=4: measured weakness"):
+        pretrained.default_bo_network(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pretrained.default_bo_network(2)  # below min_dim: silent

@@ -68,8 +68,16 @@ def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
                 f'--model \'{{"dim_x": {dim_x}, "joint_head": true}}\' --out RUN) and pass '
                 "checkpoint='RUN/model.pt'"
             )
+        _warn_known_weakness(DEFAULT_BO, dim_x)
         return net
     return _untrained_bo_network(dim_x).to(dtype)
+
+
+def _warn_known_weakness(name: str, dim_x: int) -> None:
+    """Repeat the model card's measured weakness for ``dim_x`` (``min_dim`` and up), if any."""
+    weak = card(name).get("known_weakness")
+    if weak and dim_x >= weak.get("min_dim", 1):
+        warnings.warn(f"{name} for d={dim_x}: {weak['message']}", RuntimeWarning, stacklevel=4)
 
 
 def _untrained_bo_network(dim_x: int) -> CMANP:
