@@ -20,6 +20,7 @@ import torch
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.models.model import Model
 from botorch.optim import optimize_acqf
+from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 
 from cmanp_bo.acquisition import DEFAULT_MAX_BASELINE, best_baseline
@@ -53,8 +54,6 @@ class Surrogate:
         torch.manual_seed(self.seed * 100_003 + self.calls)
         self.calls += 1
         baseline = best_baseline(model, X, self.acq.max_baseline)
-        from botorch.sampling import SobolQMCNormalSampler
-
         acqf = qLogNoisyExpectedImprovement(
             model,
             X_baseline=baseline,

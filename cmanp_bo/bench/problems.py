@@ -240,11 +240,10 @@ def _hpo_problem(name: str) -> Problem:
 
 
 # ------------------------------------------------------------------------------------ registry
-def _indist_names() -> tuple[str, ...]:
-    return tuple(f"prior{d}_{k}" for d in INDIST_DIMS for k in range(INDIST_FUNCTIONS))
-
-
-PROBLEMS: tuple[str, ...] = STANDARD + LONG + _indist_names() + HPO
+INDIST: tuple[str, ...] = tuple(
+    f"prior{d}_{k}" for d in INDIST_DIMS for k in range(INDIST_FUNCTIONS)
+)
+PROBLEMS: tuple[str, ...] = STANDARD + LONG + INDIST + HPO
 
 
 def problem_family(name: str) -> str:
@@ -255,7 +254,7 @@ def problem_family(name: str) -> str:
         return "long"
     if name in HPO:
         return "hpo"
-    if name in _indist_names():
+    if name in INDIST:
         return "indist"
     raise ValueError(
         f"unknown problem {name!r}; choose from the standard problems {list(STANDARD)}, the "

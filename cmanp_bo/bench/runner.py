@@ -19,7 +19,7 @@ import torch
 
 from cmanp_bo.bench.problems import (
     HPO,
-    INDIST_DIMS,
+    INDIST,
     LONG,
     STANDARD,
     get_problem,
@@ -53,9 +53,7 @@ SUITES: dict[str, Suite] = {
     ),
     "standard": Suite(STANDARD, SURROGATES_ALL, seeds=20),
     "long": Suite(LONG, SURROGATES_ALL, seeds=5, time_cap_s=3600.0),
-    "indist": Suite(
-        tuple(f"prior{d}_{k}" for d in INDIST_DIMS for k in range(50)), SURROGATES_ALL, seeds=1
-    ),
+    "indist": Suite(INDIST, SURROGATES_ALL, seeds=1),
     "hpo": Suite(HPO, SURROGATES_ALL, seeds=5),
 }
 
