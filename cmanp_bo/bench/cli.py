@@ -13,6 +13,13 @@ def _csv(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _json_arg(text: str, flag: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{flag} is not valid JSON ({e}): {text!r}") from None
+
+
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     from cmanp_bo.bench.runner import SUITES
 
@@ -44,6 +51,17 @@ def run_bench(args: argparse.Namespace) -> None:
     from cmanp_bo.bench.runner import run_suite, suite_with, validate_names
     from cmanp_bo.bench.store import ResultStore
 
+    acquisition = _json_arg(args.acquisition, "--acquisition") if args.acquisition else None
+    options = _json_arg(args.surrogate_options, "--surrogate-options")
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise SystemExit("--surrogate-options must map surrogate names to option objects")
+    if acquisition is not None:
+        from surrogates.registry import AcquisitionOptions
+
+        try:
+            AcquisitionOptions(**acquisition)
+        except TypeError as e:
+            raise SystemExit(f"--acquisition: {e}") from None
     suite = suite_with(
         args.suite,
         problems=_csv(args.problems),
@@ -51,12 +69,9 @@ def run_bench(args: argparse.Namespace) -> None:
         seeds=args.seeds,
         budget=args.budget,
         time_cap_s=args.time_cap,
-        acquisition=json.loads(args.acquisition) if args.acquisition else None,
+        acquisition=acquisition,
     )
     validate_names(suite.problems, suite.surrogates)
-    options = json.loads(args.surrogate_options)
-    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise SystemExit("--surrogate-options must map surrogate names to option objects")
     out = Path(args.out)
     store = ResultStore(out / DB_NAME)
     try:

@@ -230,5 +230,11 @@ def test_cli_bench_and_report(tmp_path, capsys):
     assert "## Suite `quick`" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown problem"):
         cli_main(["bench", "--out", str(out), "--problems", "branin,nope"])
+    with pytest.raises(SystemExit, match="--acquisition is not valid JSON"):
+        cli_main(["bench", "--out", str(out), "--acquisition", "{num_restarts: 2}"])
+    with pytest.raises(SystemExit, match="--acquisition: .*unexpected keyword.*restarts"):
+        cli_main(["bench", "--out", str(out), "--acquisition", '{"restarts": 2}'])
+    with pytest.raises(SystemExit, match="--surrogate-options must map"):
+        cli_main(["bench", "--out", str(out), "--surrogate-options", '{"cmanp": 3}'])
     with pytest.raises(SystemExit, match="no results database"):
         cli_main(["report", "--out", str(tmp_path / "empty")])
