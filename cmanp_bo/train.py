@@ -24,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from cmanp_bo.architectures import ARCHITECTURES, build_network, network_class
-from cmanp_bo.checkpoint import save_checkpoint
+from cmanp_bo.checkpoint import load_checkpoint, read_card, save_checkpoint
 from cmanp_bo.nn import CMANPConfig
-from cmanp_bo.nn.process import NeuralProcess
+from cmanp_bo.nn.process import NeuralProcess, soft_cap
 from cmanp_bo.priors import BOPriorSampler, GPSampler
 
 
@@ -47,6 +47,8 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # CMANPConfig overrides
     grad_clip: float = 0.0  # max global gradient norm (0: no clipping)
     arch: str = "cmanp"  # network architecture: one of cmanp_bo.architectures.ARCHITECTURES
+    loss_cap: float = 0.0  # soft cap on each task's loss (cmanp_bo.nn.process.soft_cap; 0: none)
+    init_from: str = ""  # checkpoint whose weights start a new run (warm start; "": random init)
 
 
 PRIORS = ("gp1d", "bo")
@@ -170,6 +172,8 @@ def train(
                 f"resuming at step {step} with a new step total: "
                 f"{ckpt['train_config']['steps']} -> {cfg.steps}"
             )
+    elif cfg.init_from:
+        _warm_start(net, cfg)
 
     def save_last() -> None:
         tmp = out / "last.pt.tmp"
@@ -207,7 +211,8 @@ def train(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, cfg.steps)
         b = sampler.sample(cfg.batch_size)
-        loss = net.loss(*(t.to(device) for t in (b.xc, b.yc, b.xt, b.yt)))
+        losses = net.task_losses(*(t.to(device) for t in (b.xc, b.yc, b.xt, b.yt)))
+        loss = (soft_cap(losses, cfg.loss_cap) if cfg.loss_cap > 0 else losses).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -239,6 +244,8 @@ def train(
         "lr": cfg.lr,
         "schedule": "cosine to 0",
         "grad_clip": cfg.grad_clip or None,
+        "loss_cap": cfg.loss_cap or None,
+        "init_from": cfg.init_from or None,
         "seed": cfg.seed,
         "wall_time_s": round(wall, 1),
         "hardware": hardware(),
@@ -248,6 +255,17 @@ def train(
     final = out / "model.pt"
     save_checkpoint(net.cpu(), final, card)
     return final
+
+
+def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
+    """Copy the weights of ``cfg.init_from`` into ``net`` (same architecture and config)."""
+    source = load_checkpoint(cfg.init_from)
+    if source.arch != net.arch or source.cfg != net.cfg:
+        raise ValueError(
+            f"--init-from {cfg.init_from} holds a {source.arch} network with {source.cfg}, but "
+            f"this run builds a {net.arch} network with {net.cfg}; pass the same --arch/--model"
+        )
+    net.load_state_dict(source.state_dict())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -276,6 +294,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grad-clip", type=float, default=0.0, help="max gradient norm (0: no clipping)"
     )
+    p.add_argument(
+        "--loss-cap",
+        type=float,
+        default=0.0,
+        help="soft cap (nats/point) on each task's loss, cap*asinh(loss/cap), against the "
+        "heavy-tailed losses of tasks framed from 1-3 points (0: no cap)",
+    )
+    p.add_argument(
+        "--init-from",
+        default="",
+        help="checkpoint (.pt, model card beside it) whose weights start a new run; same "
+        "--arch, and --model defaults to its config",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--model",
@@ -287,6 +318,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
+    model = json.loads(args.model)
+    if args.init_from and not model:
+        if not Path(args.init_from).is_file():
+            raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file")
+        model = read_card(args.init_from)["config"]
     cfg = TrainConfig(
         kernel=args.kernel,
         prior=args.prior,
@@ -298,13 +334,19 @@ def run_from_args(args: argparse.Namespace) -> Path:
         eval_every=args.eval_every,
         eval_batches=args.eval_batches,
         checkpoint_every=args.checkpoint_every,
-        model=json.loads(args.model),
+        model=model,
         grad_clip=args.grad_clip,
         arch=args.arch,
+        loss_cap=args.loss_cap,
+        init_from=args.init_from,
     )
     network_class(cfg.arch)  # fail early on a bad architecture or prior
     CMANPConfig(**cfg.model)
     make_sampler(cfg, 0)
+    if cfg.loss_cap < 0:
+        raise SystemExit(f"--loss-cap must be >= 0, got {cfg.loss_cap}")
+    if cfg.init_from and not Path(cfg.init_from).is_file():
+        raise SystemExit(f"--init-from {cfg.init_from}: no such checkpoint file")
     path = train(cfg, args.out)
     print(f"wrote {path}")
     return path

@@ -5,7 +5,9 @@ the predicted mean and the observed targets (64 per task), the RMSE (targets are
 frame, std ~ 1) and the median predicted std. A useful surrogate has correlation near 1 once n is
 a few dozen points; 0 means the mean ignores x.
 
-    python experiments/mean_correlation.py [--checkpoint bo-default] [--tasks 64]
+    python experiments/mean_correlation.py [--checkpoint default|bo-default|PATH] [--tasks 64]
+
+``default`` (the default) scores, per d, the shipped checkpoint ``CMANPModel`` uses for that d.
 
 Writes experiments/results/mean_correlation.json and prints a markdown table.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from cmanp_bo.botorch_model import resolve_network
+from cmanp_bo.pretrained import default_bo_name
 from cmanp_bo.priors.bo import BOPriorSampler
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -26,25 +29,32 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", default="bo-default")
+    p.add_argument("--checkpoint", default="default")
     p.add_argument("--tasks", type=int, default=64)
     p.add_argument("--dims", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--out", default=str(RESULTS / "mean_correlation.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    net = resolve_network(args.checkpoint, max(args.dims), torch.device("cpu")).float()
-    sampler = BOPriorSampler(seed=777, max_dim=net.cfg.dim_x)
+    cpu = torch.device("cpu")
+    nets = {d: resolve_network(args.checkpoint, d, cpu).float() for d in args.dims}
+    # the tasks do not depend on the padding width: every network sees the same functions
+    sampler = BOPriorSampler(seed=777, max_dim=max(args.dims))
+    pad = lambda x, net: torch.nn.functional.pad(x[..., :d], (0, net.cfg.dim_x - d))  # noqa: E731
     rows = []
     print("| d | n | median corr(mean, y) | RMSE | median predicted std |\n|---|---|---|---|---|")
     for d in args.dims:
         for n in args.sizes:
             b = sampler.sample(args.tasks, dim=d, num_context=n)
+            net = nets[d]
             with torch.no_grad():
-                pred = net.predict(net.encode(b.xc, b.yc), b.xt)
+                pred = net.predict(net.encode(pad(b.xc, net), b.yc), pad(b.xt, net))
             mean, y = pred.mean[..., 0], b.yt[..., 0]
             corr = torch.stack([torch.corrcoef(torch.stack([m, t]))[0, 1] for m, t in zip(mean, y)])
             row = {
+                "checkpoint": default_bo_name(d)
+                if args.checkpoint == "default"
+                else args.checkpoint,
                 "d": d,
                 "n": n,
                 "median_corr": round(corr.median().item(), 3),

@@ -303,6 +303,7 @@ def evaluate_cell(
     targets: int = 64,
     seed: int = EVAL_SEED,
     pool: list[BOBatch] | None = None,
+    fitted_gp_rows: list[dict] | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """Score every model on the held-out tasks of one cell.
 
@@ -318,6 +319,9 @@ def evaluate_cell(
         pool: ``sample_pool(dim, >= tasks, targets, seed, pool_n)`` when already drawn (the
             cells of one d share it); drawn here with ``pool_n = max(POOL_N, num_context)``
             when ``None``.
+        fitted_gp_rows: the ``fitted_gp_*`` rows of this cell from an earlier run on the same
+            tasks (``load_fitted_gp_rows``): used instead of fitting the GP again (the fit does
+            not depend on the network).
 
     Returns:
         ``(rows, seconds)``: one dict per task x model with the keys of ``COLUMNS`` (``ll`` in
@@ -389,7 +393,7 @@ def evaluate_cell(
 
         # ---- SingleTaskGP fitted with BoTorch defaults, one task at a time
         for i, task in enumerate(task_ids):
-            if task >= tasks_gp:
+            if task >= tasks_gp or fitted_gp_rows is not None:
                 break
             t0, c0 = time.perf_counter(), time.process_time()
             mean, cov, ok, note = fit_single_task_gp(
@@ -413,8 +417,30 @@ def evaluate_cell(
                 rows.append(
                     _row(dim, num_context, task, model, ll, c50, c90, 0, sec, info, i, **extra)
                 )
+    if fitted_gp_rows is not None:
+        rows.extend(fitted_gp_rows)
+        seconds["fitted_gp_reused"] = 1.0
     seconds["tasks_gp"] = min(tasks_gp, tasks)
     return rows, dict(seconds)
+
+
+def load_fitted_gp_rows(csv_path: Path, config: dict) -> dict[tuple[int, int], list[dict]]:
+    """The ``fitted_gp_*`` rows per finished cell of an earlier run (``NAME.csv`` with its
+    ``NAME.json``) on exactly the same held-out tasks and GP settings as ``config``."""
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    before = meta.get("config", {})
+    same = ("protocol", "seed", "pool_n", "targets", "tasks", "tasks_gp", "gp_max_n")
+    same += ("tasks_gp_above",)
+    diff = [k for k in same if before.get(k) != config.get(k)]
+    if diff:
+        sys.exit(f"--reuse-gp {csv_path}: made with other settings ({', '.join(diff)} differ)")
+    done = {tuple(c) for c in meta.get("cells_done", [])}
+    out: dict[tuple[int, int], list[dict]] = {cell: [] for cell in done}
+    for r in read_rows(csv_path):
+        cell = (int(r["d"]), int(r["n"]))
+        if cell in done and r["model"].startswith("fitted_gp"):
+            out[cell].append(r)
+    return out
 
 
 def _row(
@@ -735,8 +761,10 @@ def load_network(spec: str | None, max_dim: int) -> tuple[CMANP, dict]:
         desc = {"source": "pretrained.default_bo_network", "untrained_placeholder": untrained}
         if untrained:
             print("WARNING: no BO checkpoint ships yet: scoring an UNTRAINED placeholder network")
-        elif pretrained.DEFAULT_BO in pretrained.available():
-            desc["card"] = _card_excerpt(pretrained.card(pretrained.DEFAULT_BO))
+        else:
+            name = pretrained.default_bo_name(max_dim)
+            desc["source"] = f"pretrained:{name} (default for d={max_dim})"
+            desc["card"] = _card_excerpt(pretrained.card(name))
     elif Path(spec).exists():
         net = load_checkpoint(spec)
         desc = {"source": str(spec), "card": _card_excerpt(read_card(spec))}
@@ -746,6 +774,29 @@ def load_network(spec: str | None, max_dim: int) -> tuple[CMANP, dict]:
     desc["config"] = net.cfg.to_dict()
     desc["fingerprint"] = network_fingerprint(net)
     return net.eval(), desc
+
+
+def load_networks(spec: str | None, dims: tuple[int, ...]) -> tuple[dict[int, CMANP], dict]:
+    """Per d, the network to score: ``spec`` for every d, or (``None``) the shipped checkpoint
+    the BoTorch model uses by default for that d (``pretrained.default_bo_network``)."""
+    if spec is not None:
+        net, desc = load_network(spec, max(dims))
+        return {d: net for d in dims}, desc
+    nets, descs = {}, {}
+    for d in dims:
+        nets[d], descs[d] = load_network(None, d)
+    sources = {d: descs[d]["source"] for d in dims}
+    fingerprint = hashlib.sha256(
+        json.dumps({d: descs[d]["fingerprint"] for d in dims}, sort_keys=True).encode()
+    ).hexdigest()
+    desc = {
+        "source": "pretrained.default_bo_network per d",
+        "per_dim": sources,
+        "cards": {descs[d]["source"]: descs[d].get("card") for d in dims},
+        "untrained_placeholder": any(descs[d].get("untrained_placeholder") for d in dims),
+        "fingerprint": fingerprint,
+    }
+    return nets, desc
 
 
 def _card_excerpt(card: dict) -> dict:
@@ -795,7 +846,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=POOL_N,
         help="context points drawn per task; cells use prefixes (raised to the largest n)",
     )
-    p.add_argument("--checkpoint", help="a .pt path or a shipped name (default: BO default)")
+    p.add_argument(
+        "--checkpoint",
+        help="a .pt path or a shipped name (default: per d, the shipped checkpoint CMANPModel "
+        "uses by default)",
+    )
+    p.add_argument(
+        "--reuse-gp",
+        metavar="CSV",
+        help="take the fitted-GP rows of the cells an earlier run (CSV + its JSON) finished on "
+        "the same tasks and GP settings instead of fitting again",
+    )
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", help="file stem (default prior_fit / prior_fit_quick)")
     p.add_argument("--threads", type=int, default=2)
@@ -880,7 +941,7 @@ def main(argv: list[str] | None = None) -> dict:
         _print_checks(result, csv_path, json_path, png_path)
         return result
 
-    net, net_desc = load_network(args.checkpoint, max(*args.dims, *DIMS))
+    nets, net_desc = load_networks(args.checkpoint, args.dims)
     config = {
         "protocol": PROTOCOL,
         "seed": args.seed,
@@ -914,6 +975,7 @@ def main(argv: list[str] | None = None) -> dict:
         if done:
             print(f"resuming {json_path}: {len(done)} cells done")
     write_rows(csv_path, rows, append=False)  # drops rows of a cell interrupted mid-write
+    reuse = load_fitted_gp_rows(Path(args.reuse_gp), config) if args.reuse_gp else None
 
     notes = []
     if args.tasks_gp < args.tasks:
@@ -953,7 +1015,7 @@ def main(argv: list[str] | None = None) -> dict:
         large = args.gp_max_n is not None and n > args.gp_max_n
         gp_tasks = args.tasks_gp_above if large else args.tasks_gp
         cell_rows, sec = evaluate_cell(
-            net,
+            nets[d],
             d,
             n,
             args.tasks,
@@ -961,6 +1023,7 @@ def main(argv: list[str] | None = None) -> dict:
             targets=args.targets,
             seed=args.seed,
             pool=pools[d],
+            fitted_gp_rows=reuse.get((d, n)) if reuse is not None else None,
         )
         sec["sample_pool"] = pool_s
         sec["threads"] = torch.get_num_threads()

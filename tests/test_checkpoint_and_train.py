@@ -9,7 +9,7 @@ import torch
 from cmanp_bo import pretrained
 from cmanp_bo.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
 from cmanp_bo.nn import CMANP, CMANPConfig
-from cmanp_bo.train import TrainConfig, train
+from cmanp_bo.train import TrainConfig, _warm_start, train
 
 TINY = dict(
     d_model=16,
@@ -170,15 +170,79 @@ def test_loading_a_checkpoint_leaves_the_global_rng_alone(tmp_path):
 
 
 def test_default_bo_network_serves_its_dimensions_and_repeats_its_card_warning(monkeypatch):
-    net = pretrained.default_bo_network(1)
-    assert net.cfg.dim_x == 10 and net.cfg.joint_head
+    assert pretrained.default_bo_name(11) == "bo-default"  # no specialist beyond d=10
     with pytest.raises(CheckpointError, match="supports up to d=10 inputs, got d=11"):
         pretrained.default_bo_network(11)
+    with pytest.raises(ValueError, match="positive int"):
+        pretrained.default_bo_network(0)
     real = pretrained.card("bo-default")
     weak = {"min_dim": 3, "message": "measured weakness"}
+    monkeypatch.setattr(pretrained, "available", lambda: ["bo-default"])
     monkeypatch.setattr(pretrained, "card", lambda name: {**real, "known_weakness": weak})
+    net = pretrained.default_bo_network(1)
+    assert net.cfg.dim_x == 10 and net.cfg.joint_head
     with pytest.warns(RuntimeWarning, match="bo-default for d=4: measured weakness"):
         pretrained.default_bo_network(4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pretrained.default_bo_network(2)  # below min_dim: silent
+
+
+def test_default_bo_network_prefers_the_narrowest_specialist(monkeypatch):
+    cards = {
+        "bo-default": {},
+        "wide": {"default_for_dims": [1, 6]},
+        "narrow": {"default_for_dims": [3, 4]},
+        "other": {"default_for_dims": [7, 8]},
+    }
+    monkeypatch.setattr(pretrained, "available", lambda: sorted(cards))
+    monkeypatch.setattr(pretrained, "card", lambda name: cards[name])
+    picks = {d: pretrained.default_bo_name(d) for d in range(1, 11)}
+    assert picks == {
+        1: "wide", 2: "wide", 3: "narrow", 4: "narrow", 5: "wide", 6: "wide",
+        7: "other", 8: "other", 9: "bo-default", 10: "bo-default",
+    }  # fmt: skip
+    monkeypatch.setattr(pretrained, "available", lambda: ["wide"])
+    assert pretrained.default_bo_name(9) is None  # nothing serves d=9: the untrained fallback
+
+
+def test_shipped_specialists_serve_their_dimensions():
+    for name in pretrained.available():
+        dims = pretrained.card(name).get("default_for_dims")
+        if dims:
+            lo, hi = dims
+            assert pretrained.load(name).cfg.dim_x >= hi
+            assert all(pretrained.default_bo_name(d) == name for d in range(lo, hi + 1))
+
+
+def test_soft_cap_keeps_ordinary_losses_and_bounds_outliers():
+    from cmanp_bo.nn.process import soft_cap
+
+    loss = torch.tensor([-2.0, 0.5, 3.0, 1e4], requires_grad=True)
+    capped = soft_cap(loss, 10.0)
+    assert torch.allclose(capped[:3], loss[:3], atol=0.05)
+    assert capped[3] < 100  # 1e4 nats -> about 76
+    capped.sum().backward()
+    assert (loss.grad <= 1).all() and loss.grad[3] < 0.01
+    with pytest.raises(ValueError, match="positive"):
+        soft_cap(loss, 0.0)
+
+
+def test_loss_cap_and_warm_start(tmp_path):
+    base = dict(prior="bo", prior_options={"max_dim": 2}, batch_size=2, eval_every=3)
+    cfg = TrainConfig(steps=3, eval_batches=1, model={**TINY, "dim_x": 2}, **base)
+    first = train(cfg, tmp_path / "a", progress=False)
+    warm_cfg = TrainConfig(
+        steps=2, eval_batches=1, model={**TINY, "dim_x": 2}, loss_cap=5.0,
+        init_from=str(first), **{**base, "eval_every": 100},
+    )  # fmt: skip
+    fresh = tiny_net(dim_x=2, joint_head=False)
+    _warm_start(fresh, warm_cfg)  # what a new run with init_from starts from
+    for k, v in load_checkpoint(first).state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    done = train(warm_cfg, tmp_path / "b", progress=False)
+    card = read_card(done)
+    assert card["loss_cap"] == 5.0 and card["init_from"] == str(first)
+    with pytest.raises(ValueError, match="pass the same --arch/--model"):
+        bad = TrainConfig(steps=1, model={**TINY, "dim_x": 3}, init_from=str(first), **base)
+        train(bad, tmp_path / "c", progress=False)

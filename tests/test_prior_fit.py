@@ -278,6 +278,44 @@ def test_main_writes_outputs_and_resumes(pf, tiny_net, tmp_path):
         pf.main([*base, "--sizes", "4", "--tasks", "4"])
 
 
+def test_reuse_gp_takes_the_earlier_fits_for_another_network(pf, tiny_net, tmp_path, monkeypatch):
+    first_ckpt, second_ckpt = tmp_path / "net_a.pt", tmp_path / "net_b.pt"
+    save_checkpoint(tiny_net, first_ckpt)
+    torch.manual_seed(1)
+    save_checkpoint(CMANP(tiny_net.cfg), second_ckpt)
+    base = ["--dims", "1", "--sizes", "4", "--tasks", "3", "--tasks-gp", "2", "--targets", "8"]
+    base += ["--threads", "1", "--out", str(tmp_path), "--pool-n", "16"]
+    pf.main([*base, "--checkpoint", str(first_ckpt), "--name", "a"])
+
+    import botorch.fit
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the GP must not be fitted again")
+
+    monkeypatch.setattr(botorch.fit, "fit_gpytorch_mll", refuse)
+    second = pf.main(
+        [
+            *base,
+            "--checkpoint",
+            str(second_ckpt),
+            "--name",
+            "b",
+            "--reuse-gp",
+            str(tmp_path / "a.csv"),
+        ]
+    )
+    assert second["timings"]["d=1,n=4"]["fitted_gp_reused"] == 1.0
+    with open(tmp_path / "a.csv") as f, open(tmp_path / "b.csv") as g:
+        a, b = list(csv.DictReader(f)), list(csv.DictReader(g))
+    fitted = lambda rows: [r for r in rows if r["model"].startswith("fitted")]  # noqa: E731
+    assert fitted(a) == fitted(b) and len(fitted(b)) == 4
+    cmanp = lambda rows: [r["ll"] for r in rows if r["model"] == "cmanp_marginal"]  # noqa: E731
+    assert cmanp(a) != cmanp(b)  # the network's own rows are new
+    with pytest.raises(SystemExit, match="tasks_gp"):
+        pf.main([*base, "--tasks-gp", "1", "--checkpoint", str(second_ckpt), "--name", "c",
+                 "--reuse-gp", str(tmp_path / "a.csv")])  # fmt: skip
+
+
 def test_failed_gp_fits_are_recorded_not_fatal(pf, tiny_net, monkeypatch):
     import botorch.fit
     from botorch.exceptions.errors import ModelFittingError

@@ -67,3 +67,18 @@ def test_bo_prior_truth_reproduces_the_data_distribution():
     ).squeeze(-1)
     # whitened residuals of the true model are standard normal
     assert abs(whitened.mean().item()) < 0.05 and abs(whitened.std().item() - 1) < 0.05
+
+
+def test_bo_prior_dimension_range_and_padding():
+    from cmanp_bo.priors import BOPriorSampler
+
+    s = BOPriorSampler(max_dim=6, min_dim=3, pad_dim=10, seed=4)
+    batches = [s.sample(2, num_context=5) for _ in range(40)]
+    assert {b.dim for b in batches} == {3, 4, 5, 6}
+    for b in batches:
+        assert b.xc.shape == (2, 5, 10) and (b.xt[..., b.dim :] == 0).all()
+        assert (b.xc[..., : b.dim] > 0).all()
+    with pytest.raises(ValueError, match="min_dim"):
+        BOPriorSampler(max_dim=2, min_dim=3)
+    with pytest.raises(ValueError, match="pad_dim"):
+        BOPriorSampler(max_dim=6, pad_dim=4)

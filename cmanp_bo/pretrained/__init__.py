@@ -37,7 +37,12 @@ def path_of(name: str) -> Path:
 
 
 def card(name: str) -> dict:
-    """The model card of a shipped checkpoint."""
+    """The model card of a shipped checkpoint (read once per process; a copy each call)."""
+    return copy.deepcopy(_card_cached(name))
+
+
+@functools.cache
+def _card_cached(name: str) -> dict:
     return read_card(path_of(name))
 
 
@@ -54,12 +59,17 @@ def load(name: str, dtype: torch.dtype = torch.float32) -> CMANP:
 def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
     """The network the BoTorch model uses by default for ``dim_x`` inputs.
 
-    The shipped BO checkpoint (zero-padded inputs: it serves every ``dim_x`` up to its own;
+    A shipped checkpoint whose model card names ``dim_x`` in its ``default_for_dims`` range (a
+    specialist meta-trained on those dimensions only; the narrowest range wins), else the general
+    BO checkpoint ``bo-default`` (zero-padded inputs: it serves every ``dim_x`` up to its own;
     ``CheckpointError`` above that). Without a shipped file (a development tree), a small, seeded,
     randomly initialised network with a joint head (warned), so the API still works.
     """
-    if DEFAULT_BO in available():
-        net = load(DEFAULT_BO, dtype)
+    if not isinstance(dim_x, int) or isinstance(dim_x, bool) or dim_x < 1:
+        raise ValueError(f"dim_x must be a positive int, got {dim_x!r}")
+    name = default_bo_name(dim_x)
+    if name is not None:
+        net = load(name, dtype)
         if net.cfg.dim_x < dim_x:
             raise CheckpointError(
                 f"the default BO checkpoint supports up to d={net.cfg.dim_x} inputs, got "
@@ -68,9 +78,19 @@ def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
                 f'--model \'{{"dim_x": {dim_x}, "joint_head": true}}\' --out RUN) and pass '
                 "checkpoint='RUN/model.pt'"
             )
-        _warn_known_weakness(DEFAULT_BO, dim_x)
+        _warn_known_weakness(name, dim_x)
         return net
     return _untrained_bo_network(dim_x).to(dtype)
+
+
+def default_bo_name(dim_x: int) -> str | None:
+    """Name of the shipped checkpoint ``default_bo_network(dim_x)`` loads (``None``: none)."""
+    names = available()
+    ranges = {n: card(n).get("default_for_dims") for n in names}
+    covering = [n for n, r in ranges.items() if r and r[0] <= dim_x <= r[1]]
+    if covering:
+        return min(covering, key=lambda n: (ranges[n][1] - ranges[n][0], n))
+    return DEFAULT_BO if DEFAULT_BO in names else None
 
 
 def _warn_known_weakness(name: str, dim_x: int) -> None:

@@ -12,9 +12,9 @@ the two is fair, and covers what long BO runs see:
 - observation noise std = signal std x a log-uniform fraction in ``[noise_min, noise_max]``
   (near zero to 10% of the signal);
 - context sizes log-uniform in ``[min_context, max_context]`` (1..512 by default), targets
-  ``num_targets``; inputs uniform on the cube, ``d`` uniform in ``[1, max_dim]`` per batch and
-  zero-padded to ``max_dim`` (a constant input is an irrelevant one, the convention the BoTorch
-  model uses for data with fewer dimensions than the network);
+  ``num_targets``; inputs uniform on the cube, ``d`` uniform in ``[min_dim, max_dim]`` per batch
+  and zero-padded to ``pad_dim`` (default ``max_dim``; a constant input is an irrelevant one, the
+  convention the BoTorch model uses for data with fewer dimensions than the network);
 - y in the outcome frame of the context (``cmanp_bo.frame.OutcomeFrame``), exactly as the BoTorch
   model feeds the network.
 """
@@ -66,6 +66,8 @@ class BOPriorSampler:
     def __init__(
         self,
         max_dim: int = 10,
+        min_dim: int = 1,
+        pad_dim: int | None = None,
         min_context: int = 1,
         max_context: int = 512,
         num_targets: int = 64,
@@ -78,9 +80,15 @@ class BOPriorSampler:
     ) -> None:
         if not (1 <= min_context <= max_context and num_targets >= 1 and max_dim >= 1):
             raise ValueError("need 1 <= min_context <= max_context, num_targets >= 1, max_dim >= 1")
+        if not 1 <= min_dim <= max_dim:
+            raise ValueError(f"need 1 <= min_dim <= max_dim, got {min_dim} and {max_dim}")
+        pad_dim = max_dim if pad_dim is None else pad_dim
+        if pad_dim < max_dim:
+            raise ValueError(f"pad_dim ({pad_dim}) must be at least max_dim ({max_dim})")
         if not (0 < noise_min <= noise_max):
             raise ValueError("need 0 < noise_min <= noise_max")
-        self.max_dim, self.num_targets = max_dim, num_targets
+        self.max_dim, self.min_dim, self.pad_dim = max_dim, min_dim, pad_dim
+        self.num_targets = num_targets
         self.min_context, self.max_context = min_context, max_context
         self.matern_share, self.irrelevant_share = matern_share, irrelevant_share
         self.noise_min, self.noise_max = noise_min, noise_max
@@ -109,9 +117,9 @@ class BOPriorSampler:
         self, batch_size: int, dim: int | None = None, num_context: int | None = None
     ) -> BOBatch:
         """A batch of tasks sharing ``dim`` and the context size (drawn when not given)."""
-        d = dim or int(torch.randint(1, self.max_dim + 1, (1,), generator=self.gen))
-        if not 1 <= d <= self.max_dim:
-            raise ValueError(f"dim must be in [1, {self.max_dim}], got {d}")
+        d = dim or int(torch.randint(self.min_dim, self.max_dim + 1, (1,), generator=self.gen))
+        if not 1 <= d <= self.pad_dim:
+            raise ValueError(f"dim must be in [1, {self.pad_dim}], got {d}")
         nc = num_context or int(
             self._log_uniform(self.min_context, self.max_context + 1, 1).floor()
         )
@@ -134,7 +142,7 @@ class BOPriorSampler:
         y = mean + out_scale[:, None, None] * (f + noise)
         frame = OutcomeFrame.from_data(y[:, :nc])
         y = frame.apply(y)
-        x = torch.nn.functional.pad(x, (0, self.max_dim - d))
+        x = torch.nn.functional.pad(x, (0, self.pad_dim - d))
         c = lambda t: t.to(self.dtype)  # noqa: E731
         return BOBatch(
             c(x[:, :nc]),
