@@ -51,10 +51,27 @@ def _wilcoxon(a: list[float], b: list[float]) -> float | None:
     return float(wilcoxon(diff).pvalue)
 
 
+def current_runs(runs: list[dict]) -> tuple[list[dict], int]:
+    """The runs to report and how many were superseded.
+
+    A ``(problem, surrogate)`` cell whose runs were made under several settings (an earlier
+    network, other acquisition settings) reports only those of the settings of its most
+    recently finished run; the others stay in the database.
+    """
+    latest: dict[tuple[str, str], tuple[int, str]] = {}
+    for run in runs:  # the highest id is the last one stored
+        cell = (run["problem"], run["surrogate"])
+        if cell not in latest or run["id"] > latest[cell][0]:
+            latest[cell] = (run["id"], run["settings"])
+    kept = [r for r in runs if r["settings"] == latest[(r["problem"], r["surrogate"])][1]]
+    return kept, len(runs) - len(kept)
+
+
 def collect(store: ResultStore, suite: str) -> dict[str, dict[str, list[dict]]]:
-    """``problem -> surrogate -> runs`` (each run with its ``steps``)."""
+    """``problem -> surrogate -> runs`` (each run with its ``steps``), current settings only
+    (``current_runs``)."""
     out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for run in store.runs(suite):
+    for run in current_runs(store.runs(suite))[0]:
         run["steps"] = store.steps(run["id"])
         out[run["problem"]][run["surrogate"]].append(run)
     return out
@@ -228,8 +245,17 @@ def write_report(store: ResultStore, out: str | Path) -> str:
         plot_regret(data, out / f"{suite}_regret.png", wall_clock=False)
         plot_regret(data, out / f"{suite}_regret_wallclock.png", wall_clock=True)
         plot_cost(data, out / f"{suite}_cost.png")
+        superseded = current_runs(store.runs(suite))[1]
         parts += [
             f"## Suite `{suite}`: {len(runs)} runs on {', '.join(hw)}\n",
+            *(
+                [
+                    f"({superseded} earlier runs made under other settings, e.g. an earlier "
+                    "network, are kept in the database and not reported.)\n"
+                ]
+                if superseded
+                else []
+            ),
             "Final log10 simple regret (best value where the optimum is unknown), mean ± SE "
             "over seeds; **better/worse**: paired Wilcoxon signed-rank vs `gp`, p < 0.05.\n",
             results_table(data),

@@ -41,6 +41,7 @@ class Suite:
 
 
 SURROGATES_ALL = ("sobol", "gp", "gp-cheap", "cmanp", "tnp", "lbanp")
+NETWORK_SURROGATES = ("cmanp", "tnp", "lbanp")  # their run keys name the network's weights
 
 SUITES: dict[str, Suite] = {
     # the README's main job: a few minutes on 2 cores
@@ -63,17 +64,36 @@ def run_keys(
 ) -> list[RunKey]:
     """Every replication of a suite, in a seed-major order (early seeds of all cells first)."""
     keys = []
+    networks: dict[str, str] = {}
     for seed in range(suite.seeds):
         for problem in suite.problems:
             for surrogate in suite.surrogates:
+                options = (surrogate_options or {}).get(surrogate, {})
                 settings = {
                     "budget": suite.budget,
                     "time_cap_s": suite.time_cap_s,
                     "acquisition": suite.acquisition,
-                    "options": (surrogate_options or {}).get(surrogate, {}),
+                    "options": options,
                 }
+                if surrogate in NETWORK_SURROGATES:
+                    settings["network"] = networks.setdefault(
+                        surrogate, _network_identity(surrogate, options)
+                    )
                 keys.append(RunKey.make(suite_name, problem, surrogate, seed, settings))
     return keys
+
+
+def _network_identity(surrogate: str, options: dict) -> str:
+    """Identity of the weights a network surrogate will load (``cmanp``: the shipped defaults
+    unless ``checkpoint`` is given; a peer without one fails later, with its own error)."""
+    from cmanp_bo.pretrained import network_identity
+
+    checkpoint = options.get("checkpoint", "default" if surrogate == "cmanp" else None)
+    if checkpoint is None:
+        return "missing"
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise ValueError(f"{surrogate}: checkpoint must be a shipped name or a path")
+    return network_identity(checkpoint)
 
 
 def _rss_mb() -> float:

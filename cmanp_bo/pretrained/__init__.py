@@ -93,6 +93,26 @@ def default_bo_name(dim_x: int) -> str | None:
     return DEFAULT_BO if DEFAULT_BO in names else None
 
 
+def network_identity(checkpoint: str | Path) -> str:
+    """A short string that changes whenever the weights behind ``checkpoint`` change.
+
+    ``"default"``: every shipped checkpoint the default routing can pick (names and checksums);
+    a shipped name: its checksum; a path: the file's own SHA-256. Benchmarks put it in their run
+    keys, so results of an earlier network are never taken for the current one.
+    """
+    from cmanp_bo.checkpoint import sha256_of
+
+    if str(checkpoint) == "default":
+        names = sorted(n for n in available() if n == DEFAULT_BO or card(n).get("default_for_dims"))
+        return "default:" + ",".join(f"{n}@{card(n)['sha256'][:12]}" for n in names)
+    if isinstance(checkpoint, str) and checkpoint in available():
+        return f"{checkpoint}@{card(checkpoint)['sha256'][:12]}"
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    return f"{path.name}@{sha256_of(path)[:12]}"
+
+
 def _warn_known_weakness(name: str, dim_x: int) -> None:
     """Repeat the model card's measured weakness for ``dim_x`` (``min_dim`` and up), if any."""
     weak = card(name).get("known_weakness")

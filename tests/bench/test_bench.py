@@ -181,6 +181,42 @@ def test_ray_runtime_runs_replications(tmp_path):
     assert n == 2 and {r["seed"] for r in store.runs()} == {0, 1}
 
 
+def test_network_runs_are_keyed_by_their_weights(tmp_path):
+    from cmanp_bo import pretrained
+    from cmanp_bo.checkpoint import save_checkpoint
+
+    keys = {k.surrogate: json.loads(k.settings) for k in run_keys("t", tiny_suite())}
+    assert "network" not in keys["sobol"]
+    assert keys["cmanp"]["network"] == pretrained.network_identity("default")
+    assert (
+        keys["cmanp"]["network"].startswith("default:")
+        and "bo-default@" in keys["cmanp"]["network"]
+    )
+    net = pretrained.load("bo-default")
+    save_checkpoint(net, tmp_path / "a.pt")
+    options = {"cmanp": {"checkpoint": str(tmp_path / "a.pt")}}
+    first = [k for k in run_keys("t", tiny_suite(), options) if k.surrogate == "cmanp"]
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)
+    save_checkpoint(net, tmp_path / "a.pt")  # same path, other weights: other runs
+    second = [k for k in run_keys("t", tiny_suite(), options) if k.surrogate == "cmanp"]
+    assert {k.settings for k in first}.isdisjoint({k.settings for k in second})
+
+
+def test_report_shows_only_the_current_settings_of_a_cell(tmp_path):
+    from cmanp_bo.bench.report import collect
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    suite = tiny_suite(surrogates=("sobol",), seeds=2, budget=6)
+    run_suite(store, "t", suite, progress=False)
+    run_suite(store, "t", tiny_suite(surrogates=("sobol",), seeds=1, budget=7), progress=False)
+    assert len(store.runs("t")) == 3
+    (runs,) = collect(store, "t")["branin"].values()
+    assert [r["budget"] for r in runs] == [7]  # the latest settings' single run
+    text = write_report(store, tmp_path)
+    assert "2 earlier runs made under other settings" in text and "(n=1)" in text
+
+
 # ------------------------------------------------------------------------------------ report, cli
 def test_report_tables_and_plots(tmp_path):
     store = ResultStore(tmp_path / "results.sqlite")
