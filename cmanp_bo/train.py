@@ -17,14 +17,14 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from cmanp_bo.architectures import ARCHITECTURES, build_network, network_class
-from cmanp_bo.checkpoint import load_checkpoint, read_card, save_checkpoint
+from cmanp_bo.checkpoint import load_checkpoint, save_checkpoint
 from cmanp_bo.nn import CMANPConfig
 from cmanp_bo.nn.process import NeuralProcess, soft_cap
 from cmanp_bo.priors import BOPriorSampler, GPSampler
@@ -258,14 +258,60 @@ def train(
 
 
 def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
-    """Copy the weights of ``cfg.init_from`` into ``net`` (same architecture and config)."""
-    source = load_checkpoint(cfg.init_from)
-    if source.arch != net.arch or source.cfg != net.cfg:
+    """Copy the weights of ``cfg.init_from`` into ``net``.
+
+    The source is a checkpoint (``.pt`` with its card) or another run's ``last.pt``; its
+    architecture and config must equal the run's, except that ``dim_x`` may grow
+    (``widen_inputs``).
+    """
+    source = _source_network(cfg.init_from)
+    if source.arch != net.arch or replace(source.cfg, dim_x=net.cfg.dim_x) != net.cfg:
         raise ValueError(
             f"--init-from {cfg.init_from} holds a {source.arch} network with {source.cfg}, but "
-            f"this run builds a {net.arch} network with {net.cfg}; pass the same --arch/--model"
+            f"this run builds a {net.arch} network with {net.cfg}; pass the same --arch/--model "
+            "(only dim_x may grow)"
         )
-    net.load_state_dict(source.state_dict())
+    if source.cfg.dim_x > net.cfg.dim_x:
+        raise ValueError(
+            f"--init-from {cfg.init_from} takes dim_x={source.cfg.dim_x} inputs, more than this "
+            f"run's {net.cfg.dim_x}"
+        )
+    net.load_state_dict(widen_inputs(source.state_dict(), net.state_dict(), source.cfg))
+
+
+def _source_network(path: str) -> NeuralProcess:
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(blob, dict) and "train_config" in blob:  # a run's last.pt
+        tc = blob["train_config"]
+        net = build_network(tc.get("arch", "cmanp"), tc.get("model", {}))
+        net.load_state_dict(blob["model"])
+        return net
+    return load_checkpoint(path)
+
+
+def widen_inputs(source: dict, target: dict, source_cfg: CMANPConfig) -> dict:
+    """``source`` weights in a network with more inputs (``target``'s shapes).
+
+    The new input dimensions start switched off in the raw-x columns of both embedders (zero
+    weights, so the copied network computes the same features of the old dimensions) and with
+    ``target``'s freshly drawn rows of the Fourier matrix; every other weight is copied. A
+    network trained on d <= 2 thus starts a run on larger d from what it has learned.
+    """
+    d_old = source_cfg.dim_x
+    out = {}
+    for key, value in source.items():
+        new = target[key]
+        if value.shape == new.shape:
+            out[key] = value.clone()
+        elif key == "fourier_matrix":
+            out[key] = torch.cat([value, new[d_old:]], dim=0)
+        elif key in ("embed_context.0.weight", "embed_query.0.weight"):
+            grow = new.shape[1] - value.shape[1]
+            zeros = value.new_zeros(value.shape[0], grow)
+            out[key] = torch.cat([value[:, :d_old], zeros, value[:, d_old:]], dim=1)
+        else:
+            raise ValueError(f"cannot widen {key}: {tuple(value.shape)} -> {tuple(new.shape)}")
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -304,8 +350,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--init-from",
         default="",
-        help="checkpoint (.pt, model card beside it) whose weights start a new run; same "
-        "--arch, and --model defaults to its config",
+        help="checkpoint (.pt with its model card, or a run's last.pt) whose weights start a "
+        "new run; same --arch; --model overrides its config, where only dim_x may change "
+        "(new input dimensions start switched off)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
@@ -319,10 +366,10 @@ def run_from_args(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = json.loads(args.model)
-    if args.init_from and not model:
+    if args.init_from:  # --model overrides the source's config (e.g. a larger dim_x)
         if not Path(args.init_from).is_file():
             raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file")
-        model = read_card(args.init_from)["config"]
+        model = {**_source_network(args.init_from).cfg.to_dict(), **model}
     cfg = TrainConfig(
         kernel=args.kernel,
         prior=args.prior,

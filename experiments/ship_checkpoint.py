@@ -70,6 +70,20 @@ def main() -> None:
     p.add_argument("--note", action="append", default=[], help="a line for the card's notes")
     p.add_argument("--eval", type=Path, help="prior_fit summary JSON to put in the card")
     p.add_argument("--hardware", help="override the recorded hardware string")
+    p.add_argument(
+        "--default-for-dims",
+        type=int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="make it CMANPModel's default for d in [LO, HI] (a specialist; the narrowest "
+        "range covering d wins over bo-default)",
+    )
+    p.add_argument(
+        "--known-weakness",
+        nargs=2,
+        metavar=("MIN_DIM", "MESSAGE"),
+        help="a measured weakness repeated as a warning when loaded for d >= MIN_DIM",
+    )
     args = p.parse_args()
 
     model = args.run / "model.pt"
@@ -88,6 +102,16 @@ def main() -> None:
         card["hardware"] = args.hardware
     if args.eval:
         card["eval"] = json.loads(args.eval.read_text())
+    if args.default_for_dims:
+        lo, hi = args.default_for_dims
+        if not 1 <= lo <= hi <= net.cfg.dim_x:
+            p.error(f"--default-for-dims needs 1 <= LO <= HI <= dim_x={net.cfg.dim_x}")
+        card["default_for_dims"] = [lo, hi]
+    if args.known_weakness:
+        card["known_weakness"] = {
+            "min_dim": int(args.known_weakness[0]),
+            "message": args.known_weakness[1],
+        }
     for key in ("format", "file", "sha256", "arch", "config", "num_parameters"):
         card.pop(key, None)
     dest = PRETRAINED / f"{args.name}.pt"

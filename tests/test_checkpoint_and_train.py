@@ -244,5 +244,37 @@ def test_loss_cap_and_warm_start(tmp_path):
     card = read_card(done)
     assert card["loss_cap"] == 5.0 and card["init_from"] == str(first)
     with pytest.raises(ValueError, match="pass the same --arch/--model"):
-        bad = TrainConfig(steps=1, model={**TINY, "dim_x": 3}, init_from=str(first), **base)
+        bad = TrainConfig(steps=1, model={**TINY, "num_layers": 3}, init_from=str(first), **base)
         train(bad, tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="more than this run's 1"):
+        bad = TrainConfig(steps=1, model={**TINY, "dim_x": 1}, init_from=str(first), **base)
+        train(bad, tmp_path / "c", progress=False)
+
+
+def test_warm_start_widens_the_inputs_without_changing_predictions(tmp_path):
+    from cmanp_bo.train import widen_inputs
+
+    small = tiny_net(dim_x=2, joint_head=True, fourier_features=8)
+    torch.manual_seed(3)
+    wide = CMANP(CMANPConfig(**{**TINY, "dim_x": 5, "joint_head": True, "fourier_features": 8}))
+    fresh_rows = wide.fourier_matrix[2:].clone()
+    wide.load_state_dict(widen_inputs(small.state_dict(), wide.state_dict(), small.cfg))
+    assert torch.equal(wide.fourier_matrix[2:], fresh_rows)  # new dimensions: fresh frequencies
+    x, y, xt = torch.rand(3, 9, 2), torch.randn(3, 9, 1), torch.rand(3, 4, 2)
+    pad = lambda t: torch.nn.functional.pad(t, (0, 3))  # noqa: E731
+    with torch.no_grad():
+        a = small.predict(small.encode(x, y), xt)
+        b = wide.predict(wide.encode(pad(x), y), pad(xt))
+    assert torch.allclose(a.mean, b.mean, atol=1e-5) and torch.allclose(a.stddev, b.stddev)
+    # a run's last.pt is a valid source too, and --model only needs the new dim_x
+    cfg = TrainConfig(prior="bo", prior_options={"max_dim": 2}, steps=2, batch_size=2,
+                      eval_every=2, eval_batches=1, model={**TINY, "dim_x": 2})  # fmt: skip
+    train(cfg, tmp_path / "run", progress=False)
+    from cmanp_bo.cli import main as cli_main
+
+    cli_main(["train", "--out", str(tmp_path / "wide"), "--prior", "bo", "--prior-options",
+              '{"max_dim": 4, "min_dim": 3}', "--init-from", str(tmp_path / "run" / "last.pt"),
+              "--model", '{"dim_x": 4}', "--steps", "2", "--batch-size", "2", "--eval-every", "2",
+              "--eval-batches", "1"])  # fmt: skip
+    card = read_card(tmp_path / "wide" / "model.pt")
+    assert card["config"]["dim_x"] == 4 and card["config"]["d_model"] == TINY["d_model"]
