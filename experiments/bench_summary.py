@@ -11,6 +11,9 @@
 - ``--rebuild``: seconds to rebuild the Ax state of n points one at a time (what the state cache
   does on a restart or a re-base) vs one blocked encode, with the shipped checkpoint, one thread.
 
+Only the runs the report shows are used (``cmanp_bo.bench.report.current_runs``: runs made under
+superseded settings, e.g. an earlier network, stay in the database but are skipped).
+
 Writes experiments/results/bench/summary.json and prints it.
 """
 
@@ -28,20 +31,32 @@ BENCH = Path(__file__).resolve().parent / "results" / "bench"
 
 def _db(suite: str) -> sqlite3.Connection | None:
     path = BENCH / suite / "results.sqlite"
-    return sqlite3.connect(path) if path.exists() else None
+    if not path.exists():
+        return None
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _current(db: sqlite3.Connection) -> list[dict]:
+    from cmanp_bo.bench.report import current_runs
+
+    return current_runs([dict(r) for r in db.execute("SELECT * FROM runs ORDER BY id")])[0]
+
+
+def _steps(db: sqlite3.Connection, run_id: int) -> list[sqlite3.Row]:
+    return db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
 
 
 def boundary_share(db: sqlite3.Connection) -> dict[str, float]:
+    proposals: dict[str, list[list[float]]] = {}
+    for run in _current(db):
+        if run["surrogate"] == "sobol":
+            continue
+        xs = [json.loads(st["x"]) for st in _steps(db, run["id"]) if st["surrogate_s"] > 0]
+        proposals.setdefault(run["surrogate"], []).extend(xs)
     out = {}
-    for (s,) in db.execute("SELECT DISTINCT surrogate FROM runs WHERE surrogate != 'sobol'"):
-        xs = [
-            json.loads(x)
-            for (x,) in db.execute(
-                "SELECT st.x FROM steps st JOIN runs r ON r.id = st.run_id "
-                "WHERE r.surrogate = ? AND st.surrogate_s > 0",
-                (s,),
-            )
-        ]
+    for s, xs in proposals.items():
         on_edge = sum(any(v <= 1e-6 or v >= 1 - 1e-6 for v in x) for x in xs)
         out[s] = round(on_edge / len(xs), 3)
     return out
@@ -49,14 +64,14 @@ def boundary_share(db: sqlite3.Connection) -> dict[str, float]:
 
 def long_profile(db: sqlite3.Connection, ns=(50, 100, 200, 400)) -> dict[str, dict]:
     out = {}
-    for run_id, s in db.execute("SELECT id, surrogate FROM runs"):
-        steps = db.execute(
-            "SELECT step, surrogate_s, regret FROM steps WHERE run_id = ? ORDER BY step", (run_id,)
-        ).fetchall()
-        out[s] = {
+    for run in _current(db):
+        steps = [(st["step"], st["surrogate_s"], st["regret"]) for st in _steps(db, run["id"])]
+        key = run["surrogate"] if run["seed"] == 0 else f"{run['surrogate']}/seed{run['seed']}"
+        out[key] = {
             "s_per_step_near_n": {
                 n: round(statistics.median(t for k, t, _ in steps if abs(k - n) <= 10 and t > 0), 3)
                 for n in ns
+                if any(abs(k - n) <= 10 and t > 0 for k, t, _ in steps)
             },
             "regret_at_n": {n: round(r, 4) for k, _, r in steps for n in ns if k == n},
         }
@@ -64,11 +79,12 @@ def long_profile(db: sqlite3.Connection, ns=(50, 100, 200, 400)) -> dict[str, di
 
 
 def best_values(db: sqlite3.Connection) -> dict[str, dict[str, float]]:
+    cells: dict[tuple[str, str], list[float]] = {}
+    for run in _current(db):
+        cells.setdefault((run["problem"], run["surrogate"]), []).append(run["best_value"])
     out: dict[str, dict[str, float]] = {}
-    for p, s, v in db.execute(
-        "SELECT problem, surrogate, AVG(best_value) FROM runs GROUP BY problem, surrogate"
-    ):
-        out.setdefault(p, {})[s] = round(v, 4)
+    for (p, s), v in sorted(cells.items()):
+        out.setdefault(p, {})[s] = round(statistics.mean(v), 4)
     return out
 
 
@@ -96,7 +112,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rebuild", action="store_true")
     args = p.parse_args()
+    path = BENCH / "summary.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    # a section not recomputed now (--rebuild) keeps its earlier figures
     summary: dict = {"boundary_share": {}}
+    if "state_cache_rebuild" in previous:
+        summary["state_cache_rebuild"] = previous["state_cache_rebuild"]
     for suite in ("standard", "long", "indist", "hpo"):
         db = _db(suite)
         if db is None:
@@ -109,7 +130,7 @@ def main() -> None:
     if args.rebuild:
         summary["state_cache_rebuild"] = rebuild_cost()
     text = json.dumps(summary, indent=1)
-    (BENCH / "summary.json").write_text(text + "\n")
+    path.write_text(text + "\n")
     print(text)
 
 
