@@ -32,10 +32,15 @@ def _gp_benchmark(args: argparse.Namespace) -> None:
 def _checkpoints(args: argparse.Namespace) -> None:
     from cmanp_bo import pretrained
 
+    keys = ("prior", "steps", "wall_time_s", "hardware", "default_for_dims", "known_weakness")
     for name in pretrained.available():
         card = pretrained.card(name)
-        summary = {k: card.get(k) for k in ("prior", "steps", "wall_time_s", "hardware", "eval")}
+        summary = {k: card.get(k) for k in (*keys, "eval") if k in card}
         print(name, json.dumps(summary, indent=2))
+    routing = {d: pretrained.default_bo_name(d) for d in range(1, 11)}
+    print("CMANPModel(checkpoint='default') loads, per input dimension d:")
+    for d, name in routing.items():
+        print(f"  d={d}: {name or 'an UNTRAINED placeholder (no shipped BO checkpoint)'}")
 
 
 def main(argv: list[str] | None = None) -> None:

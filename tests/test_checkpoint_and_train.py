@@ -278,3 +278,14 @@ def test_warm_start_widens_the_inputs_without_changing_predictions(tmp_path):
               "--eval-batches", "1"])  # fmt: skip
     card = read_card(tmp_path / "wide" / "model.pt")
     assert card["config"]["dim_x"] == 4 and card["config"]["d_model"] == TINY["d_model"]
+
+
+def test_cli_checkpoints_lists_cards_and_the_default_per_dimension(capsys):
+    from cmanp_bo.cli import main as cli_main
+
+    cli_main(["checkpoints"])
+    out = capsys.readouterr().out
+    for name in pretrained.available():
+        assert out.count(f"{name} {{") == 1
+    for d in range(1, 11):
+        assert f"  d={d}: {pretrained.default_bo_name(d)}\n" in out
