@@ -1,0 +1,47 @@
+"""The one-command recipe of the default BO checkpoints (experiments/train_bo_checkpoints.py),
+at a tiny scale and width: stages chain, snapshot, widen, resume and skip when finished."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmanp_bo.checkpoint import read_card
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "train_bo_checkpoints.py"
+TINY = dict(d_model=16, d_ff=32, num_heads=2, num_layers=1, num_latents=8, num_block_latents=8)
+
+
+@pytest.fixture
+def chain(monkeypatch):
+    spec = importlib.util.spec_from_file_location("train_bo_checkpoints", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_bo_checkpoints"] = module
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "MODEL", {**module.MODEL, **TINY, "fourier_features": 4})
+    return module
+
+
+def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="run stage 2 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "3"])
+    chain.main(
+        ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
+    )
+    out = capsys.readouterr().out
+    assert "snapshot at step 4" in out
+    snapshot = torch.load(tmp_path / "bo-d2-snapshot.pt", weights_only=False)
+    assert snapshot["step"] == 4
+    d2, d36 = (
+        read_card(tmp_path / "bo-d2" / "model.pt"),
+        read_card(tmp_path / "bo-d36" / "model.pt"),
+    )
+    assert d2["steps"] == 34 and d2["loss_cap"] == 10.0 and d2["config"]["dim_x"] == 2
+    assert d36["steps"] == 32 and d36["config"]["dim_x"] == 6
+    assert d36["init_from"].endswith("bo-d2-snapshot.pt")
+    chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
+    assert capsys.readouterr().out.count(": finished,") == 3
