@@ -263,6 +263,25 @@ def problem_family(name: str) -> str:
     )
 
 
+_STANDARD_DIMS = {"branin": 2, "hartmann3": 3, "hartmann6": 6, "six_hump_camel": 2}
+_STANDARD_DIMS |= {"three_hump_camel": 2} | {f"{f}4": 4 for f in ("ackley", "levy", "powell")}
+_STANDARD_DIMS |= {"rosenbrock4": 4, "griewank4": 4}
+_LONG_DIMS = {"hartmann6_long": 6, "ackley10": 10, "levy10": 10, "rosenbrock8": 8}
+
+
+def problem_dim(name: str) -> int:
+    """The input dimension of ``name`` without building the problem (an in-distribution one
+    searches for its minimum, an HPO one loads data); ``ValueError`` for an unknown name."""
+    family = problem_family(name)
+    if family == "standard":
+        return _STANDARD_DIMS[name]
+    if family == "long":
+        return _LONG_DIMS[name]
+    if family == "hpo":
+        return {"svm": 2, "gb": 4}[name.split("_")[1]]
+    return int(name[len("prior") :].split("_")[0])
+
+
 def get_problem(name: str) -> Problem:
     """The problem called ``name`` (see ``PROBLEMS``); ``ValueError`` for an unknown one."""
     build = {

@@ -23,6 +23,7 @@ from cmanp_bo.bench.problems import (
     LONG,
     STANDARD,
     get_problem,
+    problem_dim,
     problem_family,
 )
 from cmanp_bo.bench.store import ResultStore, RunKey
@@ -64,7 +65,7 @@ def run_keys(
 ) -> list[RunKey]:
     """Every replication of a suite, in a seed-major order (early seeds of all cells first)."""
     keys = []
-    networks: dict[str, str] = {}
+    networks: dict[tuple[str, int], str] = {}
     for seed in range(suite.seeds):
         for problem in suite.problems:
             for surrogate in suite.surrogates:
@@ -76,14 +77,15 @@ def run_keys(
                     "options": options,
                 }
                 if surrogate in NETWORK_SURROGATES:
-                    settings["network"] = networks.setdefault(
-                        surrogate, _network_identity(surrogate, options)
-                    )
+                    dim = problem_dim(problem)
+                    if (surrogate, dim) not in networks:
+                        networks[surrogate, dim] = _network_identity(surrogate, options, dim)
+                    settings["network"] = networks[surrogate, dim]
                 keys.append(RunKey.make(suite_name, problem, surrogate, seed, settings))
     return keys
 
 
-def _network_identity(surrogate: str, options: dict) -> str:
+def _network_identity(surrogate: str, options: dict, dim: int) -> str:
     """Identity of the weights a network surrogate will load (``cmanp``: the shipped defaults
     unless ``checkpoint`` is given; a peer without one fails later, with its own error)."""
     from cmanp_bo.pretrained import network_identity
@@ -93,7 +95,7 @@ def _network_identity(surrogate: str, options: dict) -> str:
         return "missing"
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise ValueError(f"{surrogate}: checkpoint must be a shipped name or a path")
-    return network_identity(checkpoint)
+    return network_identity(checkpoint, dim)
 
 
 def _rss_mb() -> float:

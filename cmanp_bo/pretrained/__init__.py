@@ -93,18 +93,20 @@ def default_bo_name(dim_x: int) -> str | None:
     return DEFAULT_BO if DEFAULT_BO in names else None
 
 
-def network_identity(checkpoint: str | Path) -> str:
+def network_identity(checkpoint: str | Path, dim_x: int) -> str:
     """A short string that changes whenever the weights behind ``checkpoint`` change.
 
-    ``"default"``: every shipped checkpoint the default routing can pick (names and checksums);
-    a shipped name: its checksum; a path: the file's own SHA-256. Benchmarks put it in their run
-    keys, so results of an earlier network are never taken for the current one.
+    ``"default"``: the shipped checkpoint the default routing picks for ``dim_x`` and its
+    checksum; a shipped name: its checksum; a path: the file's own SHA-256. Benchmarks put it in
+    their run keys, so results of an earlier network are never taken for the current one.
     """
     from cmanp_bo.checkpoint import sha256_of
 
     if str(checkpoint) == "default":
-        names = sorted(n for n in available() if n == DEFAULT_BO or card(n).get("default_for_dims"))
-        return "default:" + ",".join(f"{n}@{card(n)['sha256'][:12]}" for n in names)
+        name = default_bo_name(dim_x)
+        if name is None:
+            return f"default:d={dim_x}:untrained"
+        return f"default:d={dim_x}:{name}@{card(name)['sha256'][:12]}"
     if isinstance(checkpoint, str) and checkpoint in available():
         return f"{checkpoint}@{card(checkpoint)['sha256'][:12]}"
     path = Path(checkpoint)

@@ -187,11 +187,8 @@ def test_network_runs_are_keyed_by_their_weights(tmp_path):
 
     keys = {k.surrogate: json.loads(k.settings) for k in run_keys("t", tiny_suite())}
     assert "network" not in keys["sobol"]
-    assert keys["cmanp"]["network"] == pretrained.network_identity("default")
-    assert (
-        keys["cmanp"]["network"].startswith("default:")
-        and "bo-default@" in keys["cmanp"]["network"]
-    )
+    assert keys["cmanp"]["network"] == pretrained.network_identity("default", 2)
+    assert keys["cmanp"]["network"].startswith(f"default:d=2:{pretrained.default_bo_name(2)}@")
     net = pretrained.load("bo-default")
     save_checkpoint(net, tmp_path / "a.pt")
     options = {"cmanp": {"checkpoint": str(tmp_path / "a.pt")}}
@@ -201,6 +198,16 @@ def test_network_runs_are_keyed_by_their_weights(tmp_path):
     save_checkpoint(net, tmp_path / "a.pt")  # same path, other weights: other runs
     second = [k for k in run_keys("t", tiny_suite(), options) if k.surrogate == "cmanp"]
     assert {k.settings for k in first}.isdisjoint({k.settings for k in second})
+
+
+def test_problem_dim_matches_the_built_problems():
+    from cmanp_bo.bench.problems import HPO, LONG, STANDARD, problem_dim
+
+    for name in (*STANDARD, *LONG, *HPO, "prior2_0", "prior8_3"):
+        expected = int(name[5]) if name.startswith("prior") else get_problem(name).dim
+        assert problem_dim(name) == expected, name
+    with pytest.raises(ValueError, match="unknown problem"):
+        problem_dim("nope")
 
 
 def test_report_shows_only_the_current_settings_of_a_cell(tmp_path):
