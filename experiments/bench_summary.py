@@ -8,6 +8,8 @@
 - long suite: median surrogate seconds per step in a window of +-10 around n, and the simple
   regret at n;
 - best values to 4 digits (the report rounds to 2), for suites without a known optimum;
+- standard suite: CMANP against gp and against sobol per problem (paired Wilcoxon signed-rank
+  on the final log10 regret; the report only tests against gp);
 - ``--rebuild``: seconds to rebuild the Ax state of n points one at a time (what the state cache
   does on a restart or a re-base) vs one blocked encode, with the shipped checkpoint, one thread.
 
@@ -48,13 +50,16 @@ def _steps(db: sqlite3.Connection, run_id: int) -> list[sqlite3.Row]:
     return db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
 
 
-def boundary_share(db: sqlite3.Connection) -> dict[str, float]:
+def boundary_share(db: sqlite3.Connection, by_dim: bool = False) -> dict[str, float]:
+    """Share of model proposals with a coordinate at 0 or 1, per surrogate (``by_dim``: per
+    surrogate and input dimension, keys ``"cmanp/d=4"``)."""
     proposals: dict[str, list[list[float]]] = {}
     for run in _current(db):
         if run["surrogate"] == "sobol":
             continue
         xs = [json.loads(st["x"]) for st in _steps(db, run["id"]) if st["surrogate_s"] > 0]
-        proposals.setdefault(run["surrogate"], []).extend(xs)
+        key = f"{run['surrogate']}/d={run['dim']}" if by_dim else run["surrogate"]
+        proposals.setdefault(key, []).extend(xs)
     out = {}
     for s, xs in proposals.items():
         on_edge = sum(any(v <= 1e-6 or v >= 1 - 1e-6 for v in x) for x in xs)
@@ -85,6 +90,35 @@ def best_values(db: sqlite3.Connection) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for (p, s), v in sorted(cells.items()):
         out.setdefault(p, {})[s] = round(statistics.mean(v), 4)
+    return out
+
+
+def versus(db: sqlite3.Connection, model: str = "cmanp", others=("gp", "sobol")) -> dict:
+    """Per problem: ``model`` vs each of ``others`` on the final metric, paired by seed."""
+    from cmanp_bo.bench.report import _final_metric, _wilcoxon
+
+    cells: dict[str, dict[str, dict[int, float]]] = {}
+    for run in _current(db):
+        cells.setdefault(run["problem"], {}).setdefault(run["surrogate"], {})[run["seed"]] = (
+            _final_metric(run)
+        )
+    out = {}
+    for problem, by in sorted(cells.items()):
+        if model not in by:
+            continue
+        out[problem] = {}
+        for other in others:
+            seeds = sorted(set(by[model]) & set(by.get(other, {})))
+            a, b = [by[model][k] for k in seeds], [by[other][k] for k in seeds]
+            p = _wilcoxon(a, b)
+            diff = statistics.mean(a) - statistics.mean(b) if seeds else float("nan")
+            verdict = "n.s." if p is None or p >= 0.05 else ("worse" if diff > 0 else "better")
+            out[problem][other] = {
+                "seeds": len(seeds),
+                "mean_diff": round(diff, 3),
+                "p": None if p is None else round(p, 4),
+                "verdict": verdict,
+            }
     return out
 
 
@@ -123,6 +157,9 @@ def main() -> None:
         if db is None:
             continue
         summary["boundary_share"][suite] = boundary_share(db)
+        if suite == "standard":
+            summary["standard_cmanp_versus"] = versus(db)
+            summary["standard_boundary_share_by_dim"] = boundary_share(db, by_dim=True)
         if suite == "long":
             summary["long_profile"] = long_profile(db)
         if suite == "hpo":
