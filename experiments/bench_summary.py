@@ -50,21 +50,24 @@ def _steps(db: sqlite3.Connection, run_id: int) -> list[sqlite3.Row]:
     return db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
 
 
-def boundary_share(db: sqlite3.Connection, by_dim: bool = False) -> dict[str, float]:
-    """Share of model proposals with a coordinate at 0 or 1, per surrogate (``by_dim``: per
-    surrogate and input dimension, keys ``"cmanp/d=4"``)."""
-    proposals: dict[str, list[list[float]]] = {}
+def boundary_share(db: sqlite3.Connection) -> tuple[dict[str, float], dict[str, float]]:
+    """Share of model proposals with a coordinate at 0 or 1: per surrogate, and per surrogate
+    and input dimension (keys ``"cmanp/d=4"``), from one pass over the steps."""
+    counts: dict[tuple[str, int], list[int]] = {}  # (surrogate, d) -> [on the edge, proposals]
     for run in _current(db):
         if run["surrogate"] == "sobol":
             continue
         xs = [json.loads(st["x"]) for st in _steps(db, run["id"]) if st["surrogate_s"] > 0]
-        key = f"{run['surrogate']}/d={run['dim']}" if by_dim else run["surrogate"]
-        proposals.setdefault(key, []).extend(xs)
-    out = {}
-    for s, xs in proposals.items():
-        on_edge = sum(any(v <= 1e-6 or v >= 1 - 1e-6 for v in x) for x in xs)
-        out[s] = round(on_edge / len(xs), 3)
-    return out
+        c = counts.setdefault((run["surrogate"], run["dim"]), [0, 0])
+        c[0] += sum(any(v <= 1e-6 or v >= 1 - 1e-6 for v in x) for x in xs)
+        c[1] += len(xs)
+    per_surrogate: dict[str, list[int]] = {}
+    for (s, _), (edge, total) in counts.items():
+        agg = per_surrogate.setdefault(s, [0, 0])
+        agg[0], agg[1] = agg[0] + edge, agg[1] + total
+    share = lambda c: round(c[0] / c[1], 3)  # noqa: E731
+    by_dim = {f"{s}/d={d}": share(c) for (s, d), c in counts.items()}
+    return {s: share(c) for s, c in per_surrogate.items()}, by_dim
 
 
 def long_profile(db: sqlite3.Connection, ns=(50, 100, 200, 400)) -> dict[str, dict]:
@@ -156,10 +159,10 @@ def main() -> None:
         db = _db(suite)
         if db is None:
             continue
-        summary["boundary_share"][suite] = boundary_share(db)
+        summary["boundary_share"][suite], by_dim = boundary_share(db)
         if suite == "standard":
             summary["standard_cmanp_versus"] = versus(db)
-            summary["standard_boundary_share_by_dim"] = boundary_share(db, by_dim=True)
+            summary["standard_boundary_share_by_dim"] = by_dim
         if suite == "long":
             summary["long_profile"] = long_profile(db)
         if suite == "hpo":
