@@ -2,6 +2,7 @@
 
     python experiments/train_bo_checkpoints.py --out runs/bo-chain            # the shipped recipe
     python experiments/train_bo_checkpoints.py --out runs/bo-chain --scale 3  # 3x the steps (GPU)
+    python experiments/train_bo_checkpoints.py --out runs/tnp-chain --arch tnp --stage 1 --stage 2
 
 The recipe is a chain of three resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
 
@@ -23,6 +24,9 @@ again, so re-running the command continues the chain. ``--scale`` multiplies eve
 CUDA when present. Stages 2 and 3 are independent once stage 2 has passed the snapshot step, so
 on a 2-core machine run ``--stage 2`` and ``--stage 3`` as two processes after that point (that
 is how the shipped checkpoints were made; their model cards hold the exact commands).
+
+``--arch tnp`` or ``--arch lbanp`` trains a neural peer with the same recipe and model settings,
+for the benchmark's equal-budget comparison (scale its steps to CMANP's CPU time with ``--scale``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from cmanp_bo.architectures import ARCHITECTURES
 from cmanp_bo.train import TrainConfig, train
 
 MODEL = {
@@ -48,17 +53,18 @@ SNAPSHOT_STEP = 4500  # stage 3 starts from stage 2's weights here
 
 
 def stages(
-    out: Path, scale: float, eval_batches: int | None = None
+    out: Path, scale: float, eval_batches: int | None = None, arch: str = "cmanp"
 ) -> dict[int, tuple[str, TrainConfig, int | None]]:
     """Stage number -> (run folder name, settings, step at which to snapshot ``last.pt``).
 
-    ``eval_batches`` overrides the held-out evaluation's size (the recipe: 20, then 50).
+    ``eval_batches`` overrides the held-out evaluation's size (the recipe: 20, then 50);
+    ``arch`` trains a neural peer (tnp, lbanp) with the same recipe instead of CMANP.
     """
 
     def steps(n: int) -> int:
         return max(1, round(n * scale))
 
-    base = dict(prior="bo", batch_size=16, lr=5e-4, grad_clip=1.0, eval_every=steps(1000))
+    base = dict(arch=arch, prior="bo", batch_size=16, lr=5e-4, grad_clip=1.0, eval_every=steps(1000))
     start = TrainConfig(
         prior_options={"max_dim": 2},
         steps=steps(4000),
@@ -97,10 +103,15 @@ def _finished(run: Path) -> bool:
 
 
 def run_stage(
-    out: Path, number: int, scale: float, eval_batches: int | None = None, progress: bool = True
+    out: Path,
+    number: int,
+    scale: float,
+    eval_batches: int | None = None,
+    progress: bool = True,
+    arch: str = "cmanp",
 ) -> Path:
     """Run (or resume, or skip when finished) one stage; returns its ``model.pt``."""
-    name, cfg, snapshot_at = stages(out, scale, eval_batches)[number]
+    name, cfg, snapshot_at = stages(out, scale, eval_batches, arch)[number]
     run = out / name
     if _finished(run):
         print(f"stage {number} ({name}): finished, {run / 'model.pt'}")
@@ -134,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
+        "--arch",
+        choices=ARCHITECTURES,
+        default="cmanp",
+        help="network (tnp, lbanp: a neural peer trained with the same recipe)",
+    )
+    p.add_argument(
         "--eval-batches", type=int, help="held-out batches per evaluation (default: the recipe's)"
     )
     args = p.parse_args(argv)
@@ -143,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     for number in sorted(set(args.stage or (1, 2, 3))):
-        run_stage(args.out, number, args.scale, args.eval_batches)
+        run_stage(args.out, number, args.scale, args.eval_batches, arch=args.arch)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,14 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     assert d36["init_from"].endswith("bo-d2-snapshot.pt")
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
     assert capsys.readouterr().out.count(": finished,") == 3
+
+
+def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
+    args = ["--out", str(tmp_path), "--scale", "0.001", "--eval-batches", "1", "--arch", "lbanp"]
+    chain.main([*args, "--stage", "1", "--stage", "2"])
+    start, d2 = (read_card(tmp_path / s / "model.pt") for s in ("d2-start", "bo-d2"))
+    assert start["arch"] == d2["arch"] == "lbanp"
+    assert d2["loss_cap"] == 10.0 and d2["init_from"].endswith("d2-start/model.pt")
+    assert not (tmp_path / "bo-d36").exists()
+    with pytest.raises(SystemExit):
+        chain.main([*args[:-1], "transformer"])  # unknown architecture: argparse refuses
