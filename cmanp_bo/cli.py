@@ -41,6 +41,10 @@ def _checkpoints(args: argparse.Namespace) -> None:
     print("CMANPModel(checkpoint='default') loads, per input dimension d:")
     for d, name in routing.items():
         print(f"  d={d}: {name or 'an UNTRAINED placeholder (no shipped BO checkpoint)'}")
+    for arch in ("tnp", "lbanp"):
+        peers = {d: pretrained.default_bo_name(d, arch) for d in range(1, 11)}
+        served = ", ".join(f"d={d}: {n}" for d, n in peers.items() if n) or "none shipped"
+        print(f"benchmark peer {arch!r} (cmanp-bo bench --surrogates {arch}) loads: {served}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ the same settings, the same seeds. A surrogate object lives for one run, so the 
 
 Names: ``sobol``, ``gp`` (Ax's default: SingleTaskGP refit every step), ``gp-cheap`` (refit every
 ``refit_every`` steps, ``condition_on_observations`` between), ``cmanp`` (the shipped checkpoint or
-``checkpoint=``), ``tnp`` and ``lbanp`` (the neural peers; they need a trained ``checkpoint=``).
+``checkpoint=``), ``tnp`` and ``lbanp`` (the neural peers: their shipped checkpoints, or ``checkpoint=``).
 """
 
 from __future__ import annotations
@@ -158,16 +158,32 @@ class NeuralProcessSurrogate(Surrogate):
 
 
 class PeerSurrogate(NeuralProcessSurrogate):
-    """A neural peer (``tnp`` or ``lbanp``) trained on the same prior; needs ``checkpoint=``."""
+    """A neural peer (``tnp`` or ``lbanp``) trained on the same prior with CMANP's budget.
+
+    Without ``checkpoint=`` it loads the shipped peer of its architecture whose model card covers
+    ``dim`` (``cmanp_bo.pretrained.default_bo_name(dim, arch)``); there is none beyond the
+    dimensions a peer was trained for, and then it fails with the way to pass one.
+    """
 
     def __init__(self, dim: int, seed: int, acquisition=None, checkpoint=None) -> None:
         if checkpoint is None:
-            raise ValueError(
-                f"surrogate {self.name!r} needs a trained checkpoint: pass "
-                f'--surrogate-options \'{{"{self.name}": {{"checkpoint": "PATH.pt"}}}}\' '
-                f"(train one with `cmanp-bo train --arch {self.name} ...`)"
-            )
+            checkpoint = default_peer(self.name, dim)
         super().__init__(dim, seed, acquisition, checkpoint)
+
+
+def default_peer(arch: str, dim: int) -> str:
+    """The shipped checkpoint of the peer ``arch`` for ``dim`` inputs (``ValueError``: none)."""
+    from cmanp_bo.pretrained import default_bo_name
+
+    name = default_bo_name(dim, arch)
+    if name is None:
+        raise ValueError(
+            f"no shipped {arch!r} checkpoint covers d={dim}: pass "
+            f'--surrogate-options \'{{"{arch}": {{"checkpoint": "PATH.pt"}}}}\' '
+            f"(train one with `python experiments/train_bo_checkpoints.py --arch {arch} ...` "
+            f"or `cmanp-bo train --arch {arch} ...`)"
+        )
+    return name
 
 
 class TNPSurrogate(PeerSurrogate):

@@ -206,13 +206,28 @@ def test_default_bo_network_prefers_the_narrowest_specialist(monkeypatch):
     assert pretrained.default_bo_name(9) is None  # nothing serves d=9: the untrained fallback
 
 
+def test_peers_route_only_to_their_own_architecture(monkeypatch):
+    cards = {
+        "bo-default": {},
+        "bo-d1-2": {"default_for_dims": [1, 2]},
+        "tnp-d1-2": {"arch": "tnp", "default_for_dims": [1, 2]},
+        "lbanp-wide": {"arch": "lbanp", "default_for_dims": [1, 6]},
+    }
+    monkeypatch.setattr(pretrained, "available", lambda: sorted(cards))
+    monkeypatch.setattr(pretrained, "card", lambda name: cards[name])
+    assert [pretrained.default_bo_name(d) for d in (1, 2, 3)] == ["bo-d1-2"] * 2 + ["bo-default"]
+    assert [pretrained.default_bo_name(d, "tnp") for d in (1, 2, 3)] == ["tnp-d1-2"] * 2 + [None]
+    assert pretrained.default_bo_name(6, "lbanp") == "lbanp-wide"
+
+
 def test_shipped_specialists_serve_their_dimensions():
     for name in pretrained.available():
-        dims = pretrained.card(name).get("default_for_dims")
-        if dims:
-            lo, hi = dims
+        card = pretrained.card(name)
+        if card.get("default_for_dims"):
+            lo, hi = card["default_for_dims"]
             assert pretrained.load(name).cfg.dim_x >= hi
-            assert all(pretrained.default_bo_name(d) == name for d in range(lo, hi + 1))
+            arch = card.get("arch", "cmanp")
+            assert all(pretrained.default_bo_name(d, arch) == name for d in range(lo, hi + 1))
 
 
 def test_soft_cap_keeps_ordinary_losses_and_bounds_outliers():

@@ -83,14 +83,18 @@ def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
     return _untrained_bo_network(dim_x).to(dtype)
 
 
-def default_bo_name(dim_x: int) -> str | None:
-    """Name of the shipped checkpoint ``default_bo_network(dim_x)`` loads (``None``: none)."""
-    names = available()
+def default_bo_name(dim_x: int, arch: str = "cmanp") -> str | None:
+    """Name of the shipped checkpoint ``default_bo_network(dim_x)`` loads (``None``: none).
+
+    ``arch`` (``"tnp"``, ``"lbanp"``): the shipped neural peer of that architecture whose card
+    covers ``dim_x`` (the benchmark's default peers); there is no general fallback for peers.
+    """
+    names = [n for n in available() if card(n).get("arch", "cmanp") == arch]
     ranges = {n: card(n).get("default_for_dims") for n in names}
     covering = [n for n, r in ranges.items() if r and r[0] <= dim_x <= r[1]]
     if covering:
         return min(covering, key=lambda n: (ranges[n][1] - ranges[n][0], n))
-    return DEFAULT_BO if DEFAULT_BO in names else None
+    return DEFAULT_BO if arch == "cmanp" and DEFAULT_BO in names else None
 
 
 def network_identity(checkpoint: str | Path, dim_x: int) -> str:

@@ -61,8 +61,8 @@ def test_unknown_names_are_clear_errors():
         get_problem("nope")
     with pytest.raises(ValueError, match="unknown surrogate 'nope'"):
         make_surrogate("nope", 2, 0)
-    with pytest.raises(ValueError, match="needs a trained checkpoint"):
-        make_surrogate("tnp", 2, 0)
+    with pytest.raises(ValueError, match="no shipped 'tnp' checkpoint covers d=4"):
+        make_surrogate("tnp", 4, 0)  # the shipped peers serve d <= 2
     with pytest.raises(ValueError, match="unknown suite"):
         suite_with("nope")
 
