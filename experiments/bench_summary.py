@@ -8,8 +8,8 @@
 - long suite: median surrogate seconds per step in a window of +-10 around n, and the simple
   regret at n;
 - best values to 4 digits (the report rounds to 2), for suites without a known optimum;
-- standard suite: CMANP against gp and against sobol per problem (paired Wilcoxon signed-rank
-  on the final log10 regret; the report only tests against gp);
+- standard suite: CMANP against gp, sobol and the neural peers (where they ran) per problem
+  (paired Wilcoxon signed-rank on the final log10 regret; the report only tests against gp);
 - ``--rebuild``: seconds to rebuild the Ax state of n points one at a time (what the state cache
   does on a restart or a re-base) vs one blocked encode, with the shipped checkpoint, one thread.
 
@@ -111,6 +111,8 @@ def versus(db: sqlite3.Connection, model: str = "cmanp", others=("gp", "sobol"))
             continue
         out[problem] = {}
         for other in others:
+            if other not in by:
+                continue
             seeds = sorted(set(by[model]) & set(by.get(other, {})))
             a, b = [by[model][k] for k in seeds], [by[other][k] for k in seeds]
             p = _wilcoxon(a, b)
@@ -161,7 +163,7 @@ def main() -> None:
             continue
         summary["boundary_share"][suite], by_dim = boundary_share(db)
         if suite == "standard":
-            summary["standard_cmanp_versus"] = versus(db)
+            summary["standard_cmanp_versus"] = versus(db, others=("gp", "sobol", "tnp", "lbanp"))
             summary["standard_boundary_share_by_dim"] = by_dim
         if suite == "long":
             summary["long_profile"] = long_profile(db)
