@@ -64,7 +64,9 @@ def stages(
     def steps(n: int) -> int:
         return max(1, round(n * scale))
 
-    base = dict(arch=arch, prior="bo", batch_size=16, lr=5e-4, grad_clip=1.0, eval_every=steps(1000))
+    base = dict(
+        arch=arch, prior="bo", batch_size=16, lr=5e-4, grad_clip=1.0, eval_every=steps(1000)
+    )
     start = TrainConfig(
         prior_options={"max_dim": 2},
         steps=steps(4000),

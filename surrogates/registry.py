@@ -8,7 +8,8 @@ the same settings, the same seeds. A surrogate object lives for one run, so the 
 
 Names: ``sobol``, ``gp`` (Ax's default: SingleTaskGP refit every step), ``gp-cheap`` (refit every
 ``refit_every`` steps, ``condition_on_observations`` between), ``cmanp`` (the shipped checkpoint or
-``checkpoint=``), ``tnp`` and ``lbanp`` (the neural peers: their shipped checkpoints, or ``checkpoint=``).
+``checkpoint=``), ``tnp`` and ``lbanp`` (the neural peers: their shipped checkpoints, or
+``checkpoint=``).
 """
 
 from __future__ import annotations

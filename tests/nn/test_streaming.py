@@ -203,7 +203,9 @@ def test_state_expand_is_a_broadcast():
     wide = state.expand((3, 1))
     assert wide.batch_shape == torch.Size([3, 1]) and wide.num_points == 20
     for a, b in zip(outputs(net, wide, xq), outputs(net, state, xq)):
-        assert torch.equal(a, b.expand_as(a))
+        # equal up to rounding: BLAS kernels may differ with the batch size (seen on AMD EPYC)
+        assert a.shape == (3, 1, *b.shape[1:])
+        assert torch.allclose(a, b.expand_as(a), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("arch", ["cmanp", "tnp", "lbanp"])
