@@ -113,7 +113,7 @@ def versus(db: sqlite3.Connection, model: str = "cmanp", others=("gp", "sobol"))
         for other in others:
             if other not in by:
                 continue
-            seeds = sorted(set(by[model]) & set(by.get(other, {})))
+            seeds = sorted(set(by[model]) & set(by[other]))
             a, b = [by[model][k] for k in seeds], [by[other][k] for k in seeds]
             p = _wilcoxon(a, b)
             diff = statistics.mean(a) - statistics.mean(b) if seeds else float("nan")

@@ -168,23 +168,24 @@ class PeerSurrogate(NeuralProcessSurrogate):
 
     def __init__(self, dim: int, seed: int, acquisition=None, checkpoint=None) -> None:
         if checkpoint is None:
-            checkpoint = default_peer(self.name, dim)
+            checkpoint = default_checkpoint(self.name, dim)
+        if checkpoint is None:
+            raise ValueError(
+                f"no shipped {self.name!r} checkpoint covers d={dim}: pass "
+                f'--surrogate-options \'{{"{self.name}": {{"checkpoint": "PATH.pt"}}}}\' '
+                f"(train one with `python experiments/train_bo_checkpoints.py --arch {self.name} "
+                f"...` or `cmanp-bo train --arch {self.name} ...`)"
+            )
         super().__init__(dim, seed, acquisition, checkpoint)
 
 
-def default_peer(arch: str, dim: int) -> str:
-    """The shipped checkpoint of the peer ``arch`` for ``dim`` inputs (``ValueError``: none)."""
+def default_checkpoint(surrogate: str, dim: int) -> str | None:
+    """What a network surrogate loads without ``checkpoint=``: ``"default"`` (CMANP's per-d
+    routing) for ``cmanp``, the shipped peer covering ``dim`` for ``tnp`` / ``lbanp`` (``None``:
+    none is shipped)."""
     from cmanp_bo.pretrained import default_bo_name
 
-    name = default_bo_name(dim, arch)
-    if name is None:
-        raise ValueError(
-            f"no shipped {arch!r} checkpoint covers d={dim}: pass "
-            f'--surrogate-options \'{{"{arch}": {{"checkpoint": "PATH.pt"}}}}\' '
-            f"(train one with `python experiments/train_bo_checkpoints.py --arch {arch} ...` "
-            f"or `cmanp-bo train --arch {arch} ...`)"
-        )
-    return name
+    return "default" if surrogate == "cmanp" else default_bo_name(dim, surrogate)
 
 
 class TNPSurrogate(PeerSurrogate):

@@ -89,11 +89,12 @@ def _network_identity(surrogate: str, options: dict, dim: int) -> str:
     """Identity of the weights a network surrogate will load (``cmanp``: the shipped defaults
     unless ``checkpoint`` is given; a peer: its shipped checkpoint for ``dim``, and without one
     it fails later, with its own error)."""
-    from cmanp_bo.pretrained import default_bo_name, network_identity
+    from cmanp_bo.pretrained import network_identity
+    from surrogates.registry import default_checkpoint
 
     checkpoint = options.get("checkpoint")
     if checkpoint is None:
-        checkpoint = "default" if surrogate == "cmanp" else default_bo_name(dim, surrogate)
+        checkpoint = default_checkpoint(surrogate, dim)
     if checkpoint is None:
         return "missing"
     if not isinstance(checkpoint, (str, os.PathLike)):
