@@ -82,3 +82,33 @@ def test_bo_prior_dimension_range_and_padding():
         BOPriorSampler(max_dim=2, min_dim=3)
     with pytest.raises(ValueError, match="pad_dim"):
         BOPriorSampler(max_dim=6, pad_dim=4)
+
+
+def test_bo_prior_short_lengthscale_share():
+    import math
+
+    from cmanp_bo.priors import BOPriorSampler
+
+    # off by default, and the default random stream is unchanged by the option's existence
+    a = BOPriorSampler(max_dim=4, seed=3).sample(4, dim=4, num_context=10)
+    b = BOPriorSampler(max_dim=4, seed=3, short_share=0.0).sample(4, dim=4, num_context=10)
+    assert torch.equal(a.yc, b.yc) and torch.equal(a.lengthscales, b.lengthscales)
+    # share 1: every lengthscale is the default draw divided by the factor
+    plain = BOPriorSampler(max_dim=4, seed=5).hyperparameters(2000, 4)[1]
+    short = BOPriorSampler(max_dim=4, seed=5, short_share=1.0, short_factor=16).hyperparameters(
+        2000, 4
+    )[1]
+    finite = plain.isfinite()
+    assert torch.equal(finite, short.isfinite())
+    assert torch.allclose(short[finite] * 16, plain[finite])
+    # share 0.5: half the lengthscales come from the short component
+    s = BOPriorSampler(max_dim=4, seed=6, short_share=0.5, short_factor=16)
+    ls = s.hyperparameters(4000, 4)[1].clamp_max(1e6).log()
+    finite = ls < math.log(1e6)
+    median = math.sqrt(2) + 0.5 * math.log(4)  # log of the prior's median lengthscale
+    below = ((ls < median - math.log(16) / 2) & finite).float().sum() / finite.float().sum()
+    assert 0.4 < below.item() < 0.6  # 0.5 * P(z < 0.80) + 0.5 * P(z < -0.80) = 0.5 exactly
+    with pytest.raises(ValueError, match="short_share"):
+        BOPriorSampler(short_share=1.5)
+    with pytest.raises(ValueError, match="short_factor"):
+        BOPriorSampler(short_share=0.5, short_factor=0)

@@ -5,6 +5,11 @@ the two is fair, and covers what long BO runs see:
 
 - kernel: Matern-5/2 or RBF (probability ``matern_share``), per-dimension lengthscales from
   BoTorch's dimension-scaled log-normal ``LogNormal(sqrt(2) + log(d) / 2, sqrt(3))``;
+- optional short-lengthscale share: with probability ``short_share`` (default 0: off) a task's
+  lengthscales are divided by ``short_factor`` (default 16). BoTorch's hyperprior puts the median
+  lengthscale at 4-10x the cube's side for d = 2..10, so nearly all of its functions are close to
+  monotone with the minimum on the boundary (experiments/results/boundary_probe.json); the share
+  adds functions with interior optima, as benchmark and real objectives have;
 - irrelevant dimensions: each dimension is dropped (constant function along it) with
   probability ``irrelevant_share``, keeping at least one relevant dimension;
 - output scale ``~ LogNormal(0, 1)`` and mean ``~ N(0, 1)`` (removed again by the outcome frame,
@@ -75,6 +80,8 @@ class BOPriorSampler:
         irrelevant_share: float = 0.2,
         noise_min: float = 1e-3,
         noise_max: float = 0.1,
+        short_share: float = 0.0,
+        short_factor: float = 16.0,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -87,11 +94,17 @@ class BOPriorSampler:
             raise ValueError(f"pad_dim ({pad_dim}) must be at least max_dim ({max_dim})")
         if not (0 < noise_min <= noise_max):
             raise ValueError("need 0 < noise_min <= noise_max")
+        if not (0.0 <= short_share <= 1.0 and short_factor > 0):
+            raise ValueError(
+                "need 0 <= short_share <= 1 and short_factor > 0, "
+                f"got {short_share} and {short_factor}"
+            )
         self.max_dim, self.min_dim, self.pad_dim = max_dim, min_dim, pad_dim
         self.num_targets = num_targets
         self.min_context, self.max_context = min_context, max_context
         self.matern_share, self.irrelevant_share = matern_share, irrelevant_share
         self.noise_min, self.noise_max = noise_min, noise_max
+        self.short_share, self.short_factor = short_share, short_factor
         self.dtype = dtype
         self.gen = torch.Generator().manual_seed(seed)
 
@@ -111,6 +124,9 @@ class BOPriorSampler:
         ls = torch.exp(loc + scale * normal)
         irrelevant = self._rand(b, d) < self.irrelevant_share
         irrelevant[torch.arange(b), torch.randint(0, d, (b,), generator=self.gen)] = False
+        if self.short_share > 0:  # drawn only when on: the default stream stays as it was
+            short = self._rand(b, 1) < self.short_share
+            ls = torch.where(short, ls / self.short_factor, ls)
         return kernel, torch.where(irrelevant, torch.full_like(ls, math.inf), ls)
 
     def sample(
