@@ -1,4 +1,4 @@
-"""One command that trains the BO checkpoints CMANPModel uses by default for d <= 6.
+"""One command that trains the BO checkpoints CMANPModel uses by default for d <= 10.
 
     python experiments/train_bo_checkpoints.py --out runs/bo-chain            # the shipped recipe
     python experiments/train_bo_checkpoints.py --out runs/bo-chain --scale 3  # 3x the steps (GPU)
@@ -17,6 +17,13 @@ The recipe is a chain of three resumable ``cmanp_bo.train`` runs, each in ``OUT/
    step 4500 with the inputs widened to ``dim_x`` 6 (``train.widen_inputs``: the new input
    dimensions start switched off), 32000 steps on d in 2..6 (d = 2 keeps what stage 2 learned
    in play while the new dimensions are learned).
+4. ``bo-d36-short`` (candidate to replace ``bo-d3-6``): stage 3 fine-tuned for 46000 steps (lr 4e-4,
+   seed 1) on the BO prior with ``short_share`` 0.5: half the tasks have their lengthscales
+   divided by 16, so that functions with interior optima, like the benchmark objectives
+   (experiments/fitted_lengthscales.py), are common in training.
+5. ``bo-d710-short`` (candidate specialist for d = 7..10): stage 3 widened to
+   ``dim_x`` 10 and fine-tuned for 36000 steps (lr 4e-4, seed 2) on d in 4..10 with the same
+   mixed prior. Stages 4 and 5 both start from stage 3's final weights: run them as two processes.
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
@@ -50,6 +57,7 @@ MODEL = {
     "fourier_features": 32,
 }
 SNAPSHOT_STEP = 4500  # stage 3 starts from stage 2's weights here
+SHORT = {"short_share": 0.5}  # stages 4, 5: half the tasks with lengthscales / 16 (the default)
 
 
 def stages(
@@ -93,10 +101,35 @@ def stages(
         eval_batches=eval_batches or 50,
         **base,
     )
+    tune = {**base, "lr": 4e-4, "eval_every": steps(2000)}
+    d36_short = TrainConfig(
+        prior_options={"max_dim": 6, "min_dim": 2, **SHORT},
+        steps=steps(46000),
+        model={**MODEL, "dim_x": 6},
+        loss_cap=10.0,
+        init_from=str(out / "bo-d36" / "model.pt"),
+        eval_batches=eval_batches or 30,
+        checkpoint_every=500,
+        seed=1,
+        **tune,
+    )
+    d710_short = TrainConfig(
+        prior_options={"max_dim": 10, "min_dim": 4, **SHORT},
+        steps=steps(36000),
+        model={**MODEL, "dim_x": 10},
+        loss_cap=10.0,
+        init_from=str(out / "bo-d36" / "model.pt"),
+        eval_batches=eval_batches or 30,
+        checkpoint_every=500,
+        seed=2,
+        **tune,
+    )
     return {
         1: ("d2-start", start, None),
         2: ("bo-d2", d2, steps(SNAPSHOT_STEP)),
         3: ("bo-d36", d36, None),
+        4: ("bo-d36-short", d36_short, None),
+        5: ("bo-d710-short", d710_short, None),
     }
 
 
@@ -122,6 +155,8 @@ def run_stage(
         raise SystemExit(
             f"stage 3 starts from stage 2 at step {stages(out, scale)[2][2]}: run stage 2 first"
         )
+    if number in (4, 5) and not _finished(out / "bo-d36"):
+        raise SystemExit(f"stage {number} starts from stage 3's final weights: run stage 3 first")
     if snapshot_at is not None and not (out / "bo-d2-snapshot.pt").exists():
         last = run / "last.pt"
         done = torch.load(last, weights_only=False)["step"] if last.exists() else 0
@@ -143,7 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder of the chain's runs")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every step count")
     p.add_argument(
-        "--stage", type=int, choices=(1, 2, 3), action="append", help="only these (default all)"
+        "--stage",
+        type=int,
+        choices=(1, 2, 3, 4, 5),
+        action="append",
+        help="only these (default all)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
@@ -161,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    for number in sorted(set(args.stage or (1, 2, 3))):
+    for number in sorted(set(args.stage or (1, 2, 3, 4, 5))):
         run_stage(args.out, number, args.scale, args.eval_batches, arch=args.arch)
 
 

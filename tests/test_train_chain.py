@@ -29,6 +29,8 @@ def chain(monkeypatch):
 def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     with pytest.raises(SystemExit, match="run stage 2 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "3"])
+    with pytest.raises(SystemExit, match="run stage 3 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "5"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -43,8 +45,14 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     assert d2["steps"] == 34 and d2["loss_cap"] == 10.0 and d2["config"]["dim_x"] == 2
     assert d36["steps"] == 32 and d36["config"]["dim_x"] == 6
     assert d36["init_from"].endswith("bo-d2-snapshot.pt")
+    short, wide = (read_card(tmp_path / s / "model.pt") for s in ("bo-d36-short", "bo-d710-short"))
+    assert short["steps"] == 46 and short["config"]["dim_x"] == 6
+    assert wide["steps"] == 36 and wide["config"]["dim_x"] == 10
+    for card in (short, wide):  # fine-tuned from stage 3's final weights on the mixed prior
+        assert card["init_from"].endswith("bo-d36/model.pt") and card["lr"] == 4e-4
+        assert "'short_share': 0.5" in card["prior"] and card["seed"] in (1, 2)
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 3
+    assert capsys.readouterr().out.count(": finished,") == 5
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
