@@ -1,0 +1,55 @@
+"""The problem-side diagnostics: experiments/problem_fit.py and fitted_lengthscales.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmanp_bo.checkpoint import save_checkpoint
+from cmanp_bo.nn import CMANP, CMANPConfig
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prior_share_below_is_the_mixture_cdf():
+    fl = _load("fitted_lengthscales")
+    median = math.exp(math.sqrt(2) + 0.5 * math.log(4))
+    assert fl.prior_share_below(median, 4, 0.0, 16.0) == pytest.approx(0.5)
+    # the short component has its median at median / 16: half of it lies below that value
+    low = fl.prior_share_below(median / 16, 4, 1.0, 16.0)
+    assert low == pytest.approx(0.5)
+    mixed = fl.prior_share_below(median / 16, 4, 0.5, 16.0)
+    plain = fl.prior_share_below(median / 16, 4, 0.0, 16.0)
+    assert mixed == pytest.approx(0.5 * plain + 0.25) and plain < 0.1
+
+
+def test_problem_fit_scores_the_gp_and_a_checkpoint(tmp_path):
+    pf = _load("problem_fit")
+    torch.manual_seed(0)
+    cfg = CMANPConfig(
+        dim_x=2, d_model=16, d_ff=32, embed_depth=2, num_layers=1, num_latents=8,
+        num_block_latents=8, num_heads=2,
+    )  # fmt: skip
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(CMANP(cfg).eval(), path)
+    out = tmp_path / "fit.json"
+    pf.main(["--checkpoint", str(path), "--problems", "branin", "--n", "20", "--seeds", "1",
+             "--out", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["problem"] == "branin" and rows[0]["n"] == 20
+    assert rows[0]["gp"] > 0.7  # a fitted GP ranks branin's cube well from 20 points
+    assert -1.0 <= rows[0][str(path)] <= 1.0  # an untrained network: any value, but a number
