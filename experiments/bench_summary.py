@@ -96,35 +96,52 @@ def best_values(db: sqlite3.Connection) -> dict[str, dict[str, float]]:
     return out
 
 
-def versus(db: sqlite3.Connection, model: str = "cmanp", others=("gp", "sobol")) -> dict:
-    """Per problem: ``model`` vs each of ``others`` on the final metric, paired by seed."""
-    from cmanp_bo.bench.report import _final_metric, _wilcoxon
+def _final_metrics(db: sqlite3.Connection) -> dict[str, dict[str, dict[int, float]]]:
+    """problem -> surrogate -> seed -> final metric (current runs only)."""
+    from cmanp_bo.bench.report import _final_metric
 
     cells: dict[str, dict[str, dict[int, float]]] = {}
     for run in _current(db):
         cells.setdefault(run["problem"], {}).setdefault(run["surrogate"], {})[run["seed"]] = (
             _final_metric(run)
         )
+    return cells
+
+
+def _paired(a_by_seed: dict[int, float], b_by_seed: dict[int, float]) -> dict:
+    from cmanp_bo.bench.report import _wilcoxon
+
+    seeds = sorted(set(a_by_seed) & set(b_by_seed))
+    a, b = [a_by_seed[k] for k in seeds], [b_by_seed[k] for k in seeds]
+    p = _wilcoxon(a, b)
+    diff = statistics.mean(a) - statistics.mean(b) if seeds else float("nan")
+    verdict = "n.s." if p is None or p >= 0.05 else ("worse" if diff > 0 else "better")
+    return {
+        "seeds": len(seeds),
+        "mean_diff": round(diff, 3),
+        "p": None if p is None else round(p, 4),
+        "verdict": verdict,
+    }
+
+
+def versus(db: sqlite3.Connection, model: str = "cmanp", others=("gp", "sobol")) -> dict:
+    """Per problem: ``model`` vs each of ``others`` on the final metric, paired by seed."""
     out = {}
-    for problem, by in sorted(cells.items()):
-        if model not in by:
-            continue
-        out[problem] = {}
-        for other in others:
-            if other not in by:
-                continue
-            seeds = sorted(set(by[model]) & set(by[other]))
-            a, b = [by[model][k] for k in seeds], [by[other][k] for k in seeds]
-            p = _wilcoxon(a, b)
-            diff = statistics.mean(a) - statistics.mean(b) if seeds else float("nan")
-            verdict = "n.s." if p is None or p >= 0.05 else ("worse" if diff > 0 else "better")
-            out[problem][other] = {
-                "seeds": len(seeds),
-                "mean_diff": round(diff, 3),
-                "p": None if p is None else round(p, 4),
-                "verdict": verdict,
-            }
+    for problem, by in sorted(_final_metrics(db).items()):
+        if model in by:
+            out[problem] = {o: _paired(by[model], by[o]) for o in others if o in by}
     return out
+
+
+def versus_db(db: sqlite3.Connection, reference: sqlite3.Connection, model: str = "cmanp") -> dict:
+    """Per problem: ``model``'s runs in ``db`` vs its runs in ``reference`` (another network
+    benchmarked on the same problems and seeds), paired by seed."""
+    mine, ref = _final_metrics(db), _final_metrics(reference)
+    return {
+        problem: _paired(by[model], ref[problem][model])
+        for problem, by in sorted(mine.items())
+        if model in by and model in ref.get(problem, {})
+    }
 
 
 def rebuild_cost(ns=(200, 2000)) -> dict[int, dict[str, float]]:
@@ -169,6 +186,13 @@ def main() -> None:
             summary["long_profile"] = long_profile(db)
         if suite == "hpo":
             summary["hpo_best_values"] = best_values(db)
+    mixed, standard = _db("standard_bo_d3_6_mixed"), _db("standard")
+    if mixed is not None and standard is not None:  # the opt-in bo-d3-6-mixed network
+        summary["standard_bo_d3_6_mixed"] = {
+            "versus": versus(mixed),
+            "versus_bo_d3_6": versus_db(mixed, standard),
+            "boundary_share_by_dim": boundary_share(mixed)[1],
+        }
     if args.rebuild:
         summary["state_cache_rebuild"] = rebuild_cost()
     text = json.dumps(summary, indent=1)

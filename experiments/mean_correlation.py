@@ -42,13 +42,18 @@ def main() -> None:
     sampler = BOPriorSampler(seed=777, max_dim=max(args.dims))
     pad = lambda x, net: torch.nn.functional.pad(x[..., :d], (0, net.cfg.dim_x - d))  # noqa: E731
     rows = []
-    print("| d | n | median corr(mean, y) | RMSE | median predicted std |\n|---|---|---|---|---|")
+    print(
+        "| d | n | median corr(mean, y) | RMSE | median predicted std | context std ratio "
+        "(true noise) |\n|---|---|---|---|---|---|"
+    )
     for d in args.dims:
         for n in args.sizes:
             b = sampler.sample(args.tasks, dim=d, num_context=n)
             net = nets[d]
             with torch.no_grad():
-                pred = net.predict(net.encode(pad(b.xc, net), b.yc), pad(b.xt, net))
+                state = net.encode(pad(b.xc, net), b.yc)
+                pred = net.predict(state, pad(b.xt, net))
+                at_context = net.predict(state, pad(b.xc, net))  # its own observations
             mean, y = pred.mean[..., 0], b.yt[..., 0]
             corr = torch.stack([torch.corrcoef(torch.stack([m, t]))[0, 1] for m, t in zip(mean, y)])
             row = {
@@ -60,9 +65,23 @@ def main() -> None:
                 "median_corr": round(corr.median().item(), 3),
                 "rmse": round((mean - y).pow(2).mean().sqrt().item(), 3),
                 "median_std": round(pred.stddev.median().item(), 3),
+                # predictive std at the context points / the context's std, against the
+                # true noise std / the context's std (what an exact posterior approaches)
+                "context_std_ratio": round(
+                    (at_context.stddev[..., 0].median(-1).values / b.yc[..., 0].std(-1))
+                    .median()
+                    .item(),
+                    3,
+                ),
+                "true_noise_ratio": round(
+                    (b.noise_std / b.yc[..., 0].std(-1).double()).median().item(), 3
+                ),
             }
             rows.append(row)
-            print(f"| {d} | {n} | {row['median_corr']} | {row['rmse']} | {row['median_std']} |")
+            print(
+                f"| {d} | {n} | {row['median_corr']} | {row['rmse']} | {row['median_std']} | "
+                f"{row['context_std_ratio']} ({row['true_noise_ratio']}) |"
+            )
     Path(args.out).write_text(
         json.dumps({"checkpoint": args.checkpoint, "tasks": args.tasks, "rows": rows}, indent=1)
     )

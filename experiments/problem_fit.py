@@ -5,7 +5,11 @@ the suite sees) are given to BoTorch's fitted ``SingleTaskGP`` and to ``CMANPMod
 ``--checkpoint`` (``default``: the shipped network for that d; or a name or path). On 500 uniform
 test points the correlation of the posterior mean with the true objective is recorded (mean over
 designs): 1 means the model ranks the cube like the objective, 0 that its mean ignores x. A
-CMANP that loses to the GP at BO usually loses here first.
+CMANP that loses to the GP at BO usually loses here first. At the design points themselves it
+records how well each model reproduces its own data: the correlation of the posterior mean with
+the observations (``context_corr``) and the median posterior std over the observations' std
+(``context_std_ratio``; near 0 for a model that interpolates noise-free data, near 1 for one
+that treats its data as noise). The table prints test correlation / context_std_ratio.
 
     python experiments/problem_fit.py [--checkpoint default PATH ...] [--n 10 30] [--seeds 3]
 
@@ -43,6 +47,7 @@ def problem_fit(name: str, n: int, seeds: int, checkpoints: list[str]) -> dict[s
     xt = torch.rand(500, d, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     yt = -problem.evaluate(xt).double()  # BoTorch maximises: the models see -f
     scores: dict[str, list[float]] = {"gp": [], **{c: [] for c in checkpoints}}
+    context = {k: [] for k in scores}  # (corr with the observations, std / data std) at X
     for seed in range(seeds):
         x = SobolEngine(d, scramble=True, seed=seed).draw(n).double()
         y = -problem.evaluate(x).reshape(-1, 1).double()
@@ -52,8 +57,15 @@ def problem_fit(name: str, n: int, seeds: int, checkpoints: list[str]) -> dict[s
         for key, model in models.items():
             with torch.no_grad():
                 mean = model.posterior(xt.unsqueeze(-2)).mean.reshape(-1)  # 500 marginals
+                at_x = model.posterior(x.unsqueeze(-2))
             scores[key].append(correlation(mean, yt))
-    return {k: round(sum(v) / len(v), 3) for k, v in scores.items()}
+            spread = at_x.variance.sqrt().reshape(-1).median() / y.std()
+            context[key].append((correlation(at_x.mean.reshape(-1), y.reshape(-1)), spread.item()))
+    out = {k: round(sum(v) / len(v), 3) for k, v in scores.items()}
+    for k, v in context.items():
+        out[f"{k}:context_corr"] = round(sum(c for c, _ in v) / len(v), 3)
+        out[f"{k}:context_std_ratio"] = round(sum(r for _, r in v) / len(v), 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(
             f"| {r['problem']} | {r['dim']} | {r['n']} | "
-            + " | ".join(str(r[k]) for k in keys)
+            + " | ".join(f"{r[k]} / {r[k + ':context_std_ratio']}" for k in keys)
             + " |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

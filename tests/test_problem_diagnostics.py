@@ -53,3 +53,5 @@ def test_problem_fit_scores_the_gp_and_a_checkpoint(tmp_path):
     assert len(rows) == 1 and rows[0]["problem"] == "branin" and rows[0]["n"] == 20
     assert rows[0]["gp"] > 0.7  # a fitted GP ranks branin's cube well from 20 points
     assert -1.0 <= rows[0][str(path)] <= 1.0  # an untrained network: any value, but a number
+    assert rows[0]["gp:context_corr"] > 0.9 and rows[0]["gp:context_std_ratio"] < 0.2
+    assert rows[0][f"{path}:context_std_ratio"] > 0
