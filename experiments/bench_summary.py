@@ -74,7 +74,8 @@ def long_profile(db: sqlite3.Connection, ns=(50, 100, 200, 400)) -> dict[str, di
     out = {}
     for run in _current(db):
         steps = [(st["step"], st["surrogate_s"], st["regret"]) for st in _steps(db, run["id"])]
-        key = run["surrogate"] if run["seed"] == 0 else f"{run['surrogate']}/seed{run['seed']}"
+        key = f"{run['problem']}/{run['surrogate']}"
+        key = key if run["seed"] == 0 else f"{key}/seed{run['seed']}"
         out[key] = {
             "s_per_step_near_n": {
                 n: round(statistics.median(t for k, t, _ in steps if abs(k - n) <= 10 and t > 0), 3)
