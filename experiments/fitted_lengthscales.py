@@ -29,6 +29,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch.quasirandom import SobolEngine
 
 from cmanp_bo.bench.problems import STANDARD, get_problem
+from cmanp_bo.priors.bo import lengthscale_hyperprior
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,7 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def prior_share_below(value: float, dim: int, short_share: float, short_factor: float) -> float:
     """P(lengthscale <= value) for one dimension under the BO prior (its mixture when
     ``short_share`` > 0; irrelevant dimensions ignored)."""
-    loc, scale = math.sqrt(2) + 0.5 * math.log(dim), math.sqrt(3)
+    loc, scale = lengthscale_hyperprior(dim)
 
     def cdf(v: float) -> float:
         return 0.5 * (1 + math.erf((math.log(v) - loc) / (scale * math.sqrt(2))))
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in STANDARD:
         d = get_problem(name).dim
-        median = math.exp(math.sqrt(2) + 0.5 * math.log(d))
+        median = math.exp(lengthscale_hyperprior(d)[0])
         row = {"problem": name, "dim": d, "prior_median": median}
         for n in args.n:
             fit = fitted(name, n, args.seed)

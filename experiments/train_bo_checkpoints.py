@@ -103,29 +103,23 @@ def stages(
         eval_batches=eval_batches or 50,
         **base,
     )
-    tune = {**base, "lr": 4e-4, "eval_every": steps(2000)}
-    d36_short = TrainConfig(
-        prior_options={"max_dim": 6, "min_dim": 2, **SHORT},
-        steps=steps(46000),
-        model={**MODEL, "dim_x": 6},
-        loss_cap=10.0,
-        init_from=str(out / "bo-d36" / "model.pt"),
-        eval_batches=eval_batches or 30,
-        checkpoint_every=500,
-        seed=1,
-        **tune,
-    )
-    d710_short = TrainConfig(
-        prior_options={"max_dim": 10, "min_dim": 4, **SHORT},
-        steps=steps(36000),
-        model={**MODEL, "dim_x": 10},
-        loss_cap=10.0,
-        init_from=str(out / "bo-d36" / "model.pt"),
-        eval_batches=eval_batches or 30,
-        checkpoint_every=500,
-        seed=2,
-        **tune,
-    )
+
+    def fine_tune(min_dim: int, max_dim: int, n_steps: int, seed: int) -> TrainConfig:
+        """Stage 3's final weights (widened to ``max_dim`` inputs) on the mixed prior."""
+        return TrainConfig(
+            prior_options={"max_dim": max_dim, "min_dim": min_dim, **SHORT},
+            steps=steps(n_steps),
+            model={**MODEL, "dim_x": max_dim},
+            loss_cap=10.0,
+            init_from=str(out / "bo-d36" / "model.pt"),
+            eval_batches=eval_batches or 30,
+            checkpoint_every=500,
+            seed=seed,
+            **{**base, "lr": 4e-4, "eval_every": steps(2000)},
+        )
+
+    d36_short = fine_tune(2, 6, 46000, seed=1)
+    d710_short = fine_tune(4, 10, 36000, seed=2)
     return {
         1: ("d2-start", start, None),
         2: ("bo-d2", d2, steps(SNAPSHOT_STEP)),

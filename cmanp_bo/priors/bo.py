@@ -51,6 +51,12 @@ class BOBatch:
     mean: Tensor  # b, the GP's constant mean in frame units
 
 
+def lengthscale_hyperprior(dim: int) -> tuple[float, float]:
+    """``(loc, scale)`` of BoTorch's dimension-scaled log-normal lengthscale prior for ``dim``
+    inputs, the prior's per-dimension lengthscale distribution (before ``short_share``)."""
+    return math.sqrt(2) + 0.5 * math.log(dim), math.sqrt(3)
+
+
 def bo_kernel(kind: str, x1: Tensor, x2: Tensor, lengthscales: Tensor) -> Tensor:
     """Unit-variance kernel ``b x n1 x n2`` for ``b x n x d`` inputs, ``b x d`` lengthscales."""
     # scaled inputs + cdist: no b x n1 x n2 x d intermediate (inf lengthscales give 0 columns)
@@ -119,7 +125,7 @@ class BOPriorSampler:
         dimension is irrelevant; at least one relevant dimension per task)."""
         b, d = batch_size, dim
         kernel = "matern" if self._rand(1).item() < self.matern_share else "rbf"
-        loc, scale = math.sqrt(2) + 0.5 * math.log(d), math.sqrt(3)
+        loc, scale = lengthscale_hyperprior(d)
         normal = torch.randn(b, d, generator=self.gen, dtype=torch.float64)
         ls = torch.exp(loc + scale * normal)
         irrelevant = self._rand(b, d) < self.irrelevant_share
