@@ -60,6 +60,7 @@ MODEL = {
 }
 SNAPSHOT_STEP = 4500  # stage 3 starts from stage 2's weights here
 SHORT = {"short_share": 0.5}  # stages 4, 5: half the tasks with lengthscales / 16 (the default)
+NEAR = {"near_share": 0.5}  # stage 6: half the targets next to a context point
 
 
 def stages(
@@ -104,14 +105,17 @@ def stages(
         **base,
     )
 
-    def fine_tune(min_dim: int, max_dim: int, n_steps: int, seed: int) -> TrainConfig:
-        """Stage 3's final weights (widened to ``max_dim`` inputs) on the mixed prior."""
+    def fine_tune(
+        min_dim: int, max_dim: int, n_steps: int, seed: int, start: str = "bo-d36", **options
+    ) -> TrainConfig:
+        """Stage ``start``'s final weights (widened to ``max_dim`` inputs) on the mixed prior
+        (with extra prior ``options``)."""
         return TrainConfig(
-            prior_options={"max_dim": max_dim, "min_dim": min_dim, **SHORT},
+            prior_options={"max_dim": max_dim, "min_dim": min_dim, **SHORT, **options},
             steps=steps(n_steps),
             model={**MODEL, "dim_x": max_dim},
             loss_cap=10.0,
-            init_from=str(out / "bo-d36" / "model.pt"),
+            init_from=str(out / start / "model.pt"),
             eval_batches=eval_batches or 30,
             checkpoint_every=500,
             seed=seed,
@@ -120,12 +124,14 @@ def stages(
 
     d36_short = fine_tune(2, 6, 46000, seed=1)
     d710_short = fine_tune(4, 10, 36000, seed=2)
+    d36_near = fine_tune(2, 6, 36000, seed=3, start="bo-d36-short", **NEAR)
     return {
         1: ("d2-start", start, None),
         2: ("bo-d2", d2, steps(SNAPSHOT_STEP)),
         3: ("bo-d36", d36, None),
         4: ("bo-d36-short", d36_short, None),
         5: ("bo-d710-short", d710_short, None),
+        6: ("bo-d36-near", d36_near, None),
     }
 
 
@@ -153,6 +159,8 @@ def run_stage(
         )
     if number in (4, 5) and not _finished(out / "bo-d36"):
         raise SystemExit(f"stage {number} starts from stage 3's final weights: run stage 3 first")
+    if number == 6 and not _finished(out / "bo-d36-short"):
+        raise SystemExit("stage 6 starts from stage 4's final weights: run stage 4 first")
     if snapshot_at is not None and not (out / "bo-d2-snapshot.pt").exists():
         last = run / "last.pt"
         done = torch.load(last, weights_only=False)["step"] if last.exists() else 0
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--stage",
         type=int,
-        choices=(1, 2, 3, 4, 5),
+        choices=(1, 2, 3, 4, 5, 6),
         action="append",
         help="only these (default all)",
     )

@@ -112,3 +112,35 @@ def test_bo_prior_short_lengthscale_share():
         BOPriorSampler(short_share=1.5)
     with pytest.raises(ValueError, match="short_factor"):
         BOPriorSampler(short_share=0.5, short_factor=0)
+
+
+def test_bo_prior_near_context_targets():
+    from cmanp_bo.priors import BOPriorSampler
+
+    # off by default, and the default random stream is unchanged by the option's existence
+    a = BOPriorSampler(max_dim=4, seed=3).sample(4, dim=4, num_context=10)
+    b = BOPriorSampler(max_dim=4, seed=3, near_share=0.0).sample(4, dim=4, num_context=10)
+    assert torch.equal(a.xt, b.xt) and torch.equal(a.yt, b.yt)
+
+    def nearest(batch):  # distance of each target to its nearest context point
+        return torch.cdist(batch.xt.double(), batch.xc.double()).min(-1).values
+
+    plain = nearest(BOPriorSampler(max_dim=4, seed=4).sample(64, dim=4, num_context=20))
+    s = BOPriorSampler(max_dim=4, seed=4, near_share=1.0, near_min=1e-3, near_max=0.01)
+    batch = s.sample(64, dim=4, num_context=20)
+    near = nearest(batch)
+    assert near.max() < 0.01 * 6 * 2  # every target within a few jitter stds of a context point
+    assert plain.median() > 0.1  # uniform targets at d = 4 are far from 20 context points
+    assert batch.xt.min() >= 0 and batch.xt.max() <= 1
+    # targets at a context point get their own noise: y differs from the context's y there
+    diff = (batch.yt[..., 0, None] - batch.yc[..., 0][:, None, :]).abs()
+    close = torch.cdist(batch.xt.double(), batch.xc.double()) < 1e-3
+    assert close.any() and (diff[close] > 0).all()
+    # share 0.5: about half the targets move
+    half = BOPriorSampler(max_dim=4, seed=5, near_share=0.5, near_max=0.01)
+    moved = (nearest(half.sample(64, dim=4, num_context=20)) < 0.06).double().mean()
+    assert 0.4 < moved.item() < 0.65
+    with pytest.raises(ValueError, match="near_share"):
+        BOPriorSampler(near_share=-0.1)
+    with pytest.raises(ValueError, match="near_min"):
+        BOPriorSampler(near_share=0.5, near_min=0.3, near_max=0.2)

@@ -10,6 +10,12 @@ the two is fair, and covers what long BO runs see:
   lengthscale at 4-10x the cube's side for d = 2..10, so nearly all of its functions are close to
   monotone with the minimum on the boundary (experiments/results/boundary_probe.json); the share
   adds functions with interior optima, as benchmark and real objectives have;
+- optional near-context targets: with probability ``near_share`` (default 0: off) a target is
+  placed at a random context point plus Gaussian jitter of log-uniform std in
+  ``[near_min, near_max]`` (clipped to the cube), with its own fresh noise. Uniform targets at
+  d >= 3 rarely fall near an observation, so the loss barely teaches the network what it must
+  get right for BO: its predictive at and around the points it has seen (the acquisition
+  optimizer works near the incumbent);
 - irrelevant dimensions: each dimension is dropped (constant function along it) with
   probability ``irrelevant_share``, keeping at least one relevant dimension;
 - output scale ``~ LogNormal(0, 1)`` and mean ``~ N(0, 1)`` (removed again by the outcome frame,
@@ -88,6 +94,9 @@ class BOPriorSampler:
         noise_max: float = 0.1,
         short_share: float = 0.0,
         short_factor: float = 16.0,
+        near_share: float = 0.0,
+        near_min: float = 1e-3,
+        near_max: float = 0.2,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -105,12 +114,18 @@ class BOPriorSampler:
                 "need 0 <= short_share <= 1 and short_factor > 0, "
                 f"got {short_share} and {short_factor}"
             )
+        if not (0.0 <= near_share <= 1.0 and 0 < near_min <= near_max):
+            raise ValueError(
+                "need 0 <= near_share <= 1 and 0 < near_min <= near_max, "
+                f"got {near_share}, {near_min} and {near_max}"
+            )
         self.max_dim, self.min_dim, self.pad_dim = max_dim, min_dim, pad_dim
         self.num_targets = num_targets
         self.min_context, self.max_context = min_context, max_context
         self.matern_share, self.irrelevant_share = matern_share, irrelevant_share
         self.noise_min, self.noise_max = noise_min, noise_max
         self.short_share, self.short_factor = short_share, short_factor
+        self.near_share, self.near_min, self.near_max = near_share, near_min, near_max
         self.dtype = dtype
         self.gen = torch.Generator().manual_seed(seed)
 
@@ -135,6 +150,18 @@ class BOPriorSampler:
             ls = torch.where(short, ls / self.short_factor, ls)
         return kernel, torch.where(irrelevant, torch.full_like(ls, math.inf), ls)
 
+    def _near_context_targets(self, x: Tensor, nc: int) -> Tensor:
+        """Move a ``near_share`` of the targets (``x[:, nc:]``) next to random context points."""
+        b, n, d = x.shape
+        nt = n - nc
+        near = self._rand(b, nt, 1) < self.near_share
+        anchor = (self._rand(b, nt) * nc).floor().long().clamp_max(nc - 1)
+        base = torch.gather(x[:, :nc], 1, anchor[..., None].expand(b, nt, d))
+        std = self._log_uniform(self.near_min, self.near_max, b, nt, 1)
+        jitter = std * torch.randn(b, nt, d, generator=self.gen, dtype=torch.float64)
+        moved = (base + jitter).clamp(0.0, 1.0)
+        return torch.cat([x[:, :nc], torch.where(near, moved, x[:, nc:])], dim=1)
+
     def sample(
         self, batch_size: int, dim: int | None = None, num_context: int | None = None
     ) -> BOBatch:
@@ -150,6 +177,8 @@ class BOPriorSampler:
         b = batch_size
         kernel, ls = self.hyperparameters(b, d)
         x = self._rand(b, n, d)
+        if self.near_share > 0:  # drawn only when on: the default stream stays as it was
+            x = self._near_context_targets(x, nc)
         cov = bo_kernel(kernel, x, x, ls)
         out_scale = torch.exp(torch.randn(b, generator=self.gen, dtype=torch.float64))
         noise_frac = self._log_uniform(self.noise_min, self.noise_max, b)
