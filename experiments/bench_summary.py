@@ -187,6 +187,7 @@ def main() -> None:
             summary["long_profile"] = long_profile(db)
         if suite == "hpo":
             summary["hpo_best_values"] = best_values(db)
+            summary["hpo_boundary_share_by_dim"] = by_dim  # d = 2: the SVMs; 4: boosting
     mixed, standard = _db("standard_bo_d3_6_mixed"), _db("standard")
     if mixed is not None and standard is not None:  # the opt-in bo-d3-6-mixed network
         summary["standard_bo_d3_6_mixed"] = {
