@@ -40,6 +40,10 @@ def _db(suite: str) -> sqlite3.Connection | None:
     return db
 
 
+# fine-tunes of bo-d3-6 benchmarked on the standard suite's d = 3..6 problems, one database each
+ALTERNATIVES = ("standard_bo_d3_6_mixed", "standard_bo_d3_6_near")
+
+
 def _current(db: sqlite3.Connection) -> list[dict]:
     from cmanp_bo.bench.report import current_runs
 
@@ -188,13 +192,17 @@ def main() -> None:
         if suite == "hpo":
             summary["hpo_best_values"] = best_values(db)
             summary["hpo_boundary_share_by_dim"] = by_dim  # d = 2: the SVMs; 4: boosting
-    mixed, standard = _db("standard_bo_d3_6_mixed"), _db("standard")
-    if mixed is not None and standard is not None:  # the opt-in bo-d3-6-mixed network
-        summary["standard_bo_d3_6_mixed"] = {
-            "versus": versus(mixed),
-            "versus_bo_d3_6": versus_db(mixed, standard),
-            "boundary_share_by_dim": boundary_share(mixed)[1],
-        }
+        if suite == "indist":
+            summary["indist_boundary_share_by_dim"] = by_dim
+    standard = _db("standard")
+    for alt in ALTERNATIVES:  # opt-in d = 3..6 networks, each benchmarked in its own database
+        db = _db(alt)
+        if db is not None and standard is not None:
+            summary[alt] = {
+                "versus": versus(db),
+                "versus_bo_d3_6": versus_db(db, standard),
+                "boundary_share_by_dim": boundary_share(db)[1],
+            }
     if args.rebuild:
         summary["state_cache_rebuild"] = rebuild_cost()
     text = json.dumps(summary, indent=1)
