@@ -41,7 +41,9 @@ def _db(suite: str) -> sqlite3.Connection | None:
 
 
 # fine-tunes of bo-d3-6 benchmarked on the standard suite's d = 3..6 problems, one database each
+# (bo-d3-6-near's runs are also merged into the standard database: it is the d = 3..6 default)
 ALTERNATIVES = ("standard_bo_d3_6_mixed", "standard_bo_d3_6_near")
+BO_D3_6 = "bo-d3-6@ab6de5b4d773"  # the d = 3..6 default until bo-d3-6-near, compared against
 
 
 def _current(db: sqlite3.Connection) -> list[dict]:
@@ -101,12 +103,24 @@ def best_values(db: sqlite3.Connection) -> dict[str, dict[str, float]]:
     return out
 
 
-def _final_metrics(db: sqlite3.Connection) -> dict[str, dict[str, dict[int, float]]]:
-    """problem -> surrogate -> seed -> final metric (current runs only)."""
+def _final_metrics(
+    db: sqlite3.Connection, network: str | None = None
+) -> dict[str, dict[str, dict[int, float]]]:
+    """problem -> surrogate -> seed -> final metric: the current runs, or with ``network`` the
+    runs whose network identity ends with it (e.g. ``"bo-d3-6@ab6de5b4d773"``), superseded
+    or not."""
     from cmanp_bo.bench.report import _final_metric
 
+    if network is None:
+        runs = _current(db)
+    else:
+        runs = [
+            dict(r)
+            for r in db.execute("SELECT * FROM runs ORDER BY id")
+            if str(json.loads(r["settings"]).get("network", "")).endswith(network)
+        ]
     cells: dict[str, dict[str, dict[int, float]]] = {}
-    for run in _current(db):
+    for run in runs:
         cells.setdefault(run["problem"], {}).setdefault(run["surrogate"], {})[run["seed"]] = (
             _final_metric(run)
         )
@@ -138,10 +152,16 @@ def versus(db: sqlite3.Connection, model: str = "cmanp", others=("gp", "sobol"))
     return out
 
 
-def versus_db(db: sqlite3.Connection, reference: sqlite3.Connection, model: str = "cmanp") -> dict:
+def versus_db(
+    db: sqlite3.Connection,
+    reference: sqlite3.Connection,
+    model: str = "cmanp",
+    reference_network: str | None = None,
+) -> dict:
     """Per problem: ``model``'s runs in ``db`` vs its runs in ``reference`` (another network
-    benchmarked on the same problems and seeds), paired by seed."""
-    mine, ref = _final_metrics(db), _final_metrics(reference)
+    benchmarked on the same problems and seeds; ``reference_network``: that network's runs
+    even where they are superseded), paired by seed."""
+    mine, ref = _final_metrics(db), _final_metrics(reference, reference_network)
     return {
         problem: _paired(by[model], ref[problem][model])
         for problem, by in sorted(mine.items())
@@ -200,7 +220,7 @@ def main() -> None:
         if db is not None and standard is not None:
             summary[alt] = {
                 "versus": versus(db),
-                "versus_bo_d3_6": versus_db(db, standard),
+                "versus_bo_d3_6": versus_db(db, standard, reference_network=BO_D3_6),
                 "boundary_share_by_dim": boundary_share(db)[1],
             }
     if args.rebuild:
