@@ -4,7 +4,7 @@
     python experiments/train_bo_checkpoints.py --out runs/bo-chain --scale 3  # 3x the steps (GPU)
     python experiments/train_bo_checkpoints.py --out runs/tnp-chain --arch tnp --stage 1 --stage 2
 
-The recipe is a chain of five resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
+The recipe is a chain of six resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
 
 1. ``d2-start``: a fresh network (d_model 64, 3 CMABs, 32 latents, 32 Fourier features, joint
    head) on the BO prior restricted to d <= 2, ``dim_x`` 2, 4000 steps. On d <= 2 the network
@@ -13,10 +13,11 @@ The recipe is a chain of five resumable ``cmanp_bo.train`` runs, each in ``OUT/<
 2. ``bo-d2`` (shipped as ``bo-d1-2``, the default for d = 1, 2): warm-started from stage 1,
    34000 steps with a soft cap of 10 nats on each task's loss (``--loss-cap``), which keeps the
    heavy-tailed losses of tasks framed from 1 to 3 points from dominating the gradient.
-3. ``bo-d36`` (shipped as ``bo-d3-6``, the default for d = 3..6; stages 4 and 5 start from
-   it): warm-started from stage 2 at step 4500 with the inputs widened to ``dim_x`` 6
-   (``train.widen_inputs``: the new input dimensions start switched off), 32000 steps on d in
-   2..6 (d = 2 keeps what stage 2 learned in play while the new dimensions are learned).
+3. ``bo-d36`` (shipped as the opt-in ``bo-d3-6``, the d = 3..6 default until stage 6
+   existed; stages 4 and 5 start from it): warm-started from stage 2 at step 4500 with the
+   inputs widened to ``dim_x`` 6 (``train.widen_inputs``: the new input dimensions start
+   switched off), 32000 steps on d in 2..6 (d = 2 keeps what stage 2 learned in play while
+   the new dimensions are learned).
 4. ``bo-d36-short`` (shipped as the opt-in ``bo-d3-6-mixed``: it fits the prior better than
    stage 3 but does not do better BO, README issue 6): stage 3 fine-tuned for 46000 steps
    (lr 4e-4, seed 1) on the BO prior with ``short_share`` 0.5: half the tasks have their
@@ -26,6 +27,11 @@ The recipe is a chain of five resumable ``cmanp_bo.train`` runs, each in ``OUT/<
    ``dim_x`` 10 and fine-tuned for 36000 steps (lr 4e-4, seed 2) on d in 4..10 with the same
    mixed prior. Stages 4 and 5 both start from stage 3's final weights: run them as two
    processes.
+6. ``bo-d36-near`` (shipped as ``bo-d3-6-near``, the default for d = 3..6): stage 4 fine-tuned
+   for 36000 steps (lr 4e-4, seed 3) on the same mixed prior with ``near_share`` 0.5: half the
+   target points sit next to a random context point, so the loss teaches the predictive at and
+   around the observations, which the networks trained on uniform targets reproduce poorly at
+   d >= 3 (README, issues 4 and 6).
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    for number in sorted(set(args.stage or (1, 2, 3, 4, 5))):
+    for number in sorted(set(args.stage or (1, 2, 3, 4, 5, 6))):
         run_stage(args.out, number, args.scale, args.eval_batches, arch=args.arch)
 
 

@@ -31,6 +31,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "3"])
     with pytest.raises(SystemExit, match="run stage 3 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "5"])
+    with pytest.raises(SystemExit, match="run stage 4 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "6"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -51,8 +53,13 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     for card in (short, wide):  # fine-tuned from stage 3's final weights on the mixed prior
         assert card["init_from"].endswith("bo-d36/model.pt") and card["lr"] == 4e-4
         assert "'short_share': 0.5" in card["prior"] and card["seed"] in (1, 2)
+        assert "near_share" not in card["prior"]
+    near = read_card(tmp_path / "bo-d36-near" / "model.pt")  # stage 6: from stage 4, near targets
+    assert near["steps"] == 36 and near["config"]["dim_x"] == 6 and near["seed"] == 3
+    assert near["init_from"].endswith("bo-d36-short/model.pt") and near["lr"] == 4e-4
+    assert "'short_share': 0.5" in near["prior"] and "'near_share': 0.5" in near["prior"]
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 5
+    assert capsys.readouterr().out.count(": finished,") == 6
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
