@@ -211,6 +211,7 @@ def main() -> None:
             summary["long_profile"] = long_profile(db)
         if suite == "hpo":
             summary["hpo_best_values"] = best_values(db)
+            summary["hpo_cmanp_versus"] = versus(db, others=("gp", "sobol", "tnp", "lbanp"))
             summary["hpo_boundary_share_by_dim"] = by_dim  # d = 2: the SVMs; 4: boosting
         if suite == "indist":
             summary["indist_boundary_share_by_dim"] = by_dim

@@ -344,3 +344,39 @@ def test_failed_gp_fits_are_recorded_not_fatal(pf, tiny_net, monkeypatch):
     assert summary["fitted_gp_marginal"]["failed_fits"] == 1
     cover = pf.target_checks(rows, dims=(1,), sizes=(8,))["coverage"]["cells"]
     assert [c["model"] for c in cover] == ["cmanp_marginal"]
+
+
+def test_routed_targets_take_each_d_from_its_network_report(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "prior_fit_routed", SCRIPT.parent / "prior_fit_routed.py"
+    )
+    routed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(routed)
+
+    def report(cells_by_d: dict[int, tuple[bool, float]]) -> dict:
+        cells = [
+            {"d": d, "n": 16, "pass": ok, "shortfall": short}
+            for d, (ok, short) in cells_by_d.items()
+        ]
+        reference = {"d": 1, "n": 16, "pass": False, "shortfall": 9.0, "reference": True}
+        return {
+            "targets": {
+                "t": {"description": "x", "cells": [*cells, reference], "not_evaluated": [[4, 64]]}
+            }
+        }
+
+    # a.json fails d = 4, which d routes elsewhere; b.json passes d = 4 and fails d = 1
+    (tmp_path / "a.json").write_text(json.dumps(report({1: (True, 0.0), 4: (False, 2.0)})))
+    (tmp_path / "b.json").write_text(json.dumps(report({1: (False, 1.0), 4: (True, 0.0)})))
+    out = routed.routed_targets({1: ("a.json", "n1"), 4: ("b.json", "n4")}, tmp_path)
+    t = out["t"]
+    assert t["pass"] is True and t["cells_judged"] == 2 and t["cells_missed"] == 0
+    assert t["worst_shortfall"] == 0.0  # the reference row (shortfall 9) is not judged
+    assert {(c["d"], c["network"]) for c in t["cells"] if not c.get("reference")} == {
+        (1, "n1"),
+        (4, "n4"),
+    }
+    assert t["not_evaluated"] == [[4, 64]]
+    out = routed.routed_targets({1: ("b.json", "n4"), 4: ("a.json", "n1")}, tmp_path)
+    assert out["t"]["pass"] is False and out["t"]["cells_missed"] == 2
+    assert out["t"]["worst_shortfall"] == 2.0
