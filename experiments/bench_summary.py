@@ -199,8 +199,8 @@ def main() -> None:
     summary: dict = {"boundary_share": {}}
     if "state_cache_rebuild" in previous:
         summary["state_cache_rebuild"] = previous["state_cache_rebuild"]
-    for suite in ("standard", "long", "indist", "hpo"):
-        db = _db(suite)
+    dbs = {suite: _db(suite) for suite in ("standard", "long", "indist", "hpo")}
+    for suite, db in dbs.items():
         if db is None:
             continue
         summary["boundary_share"][suite], by_dim = boundary_share(db)
@@ -215,7 +215,7 @@ def main() -> None:
             summary["hpo_boundary_share_by_dim"] = by_dim  # d = 2: the SVMs; 4: boosting
         if suite == "indist":
             summary["indist_boundary_share_by_dim"] = by_dim
-    standard = _db("standard")
+    standard = dbs["standard"]
     for alt in ALTERNATIVES:  # opt-in d = 3..6 networks, each benchmarked in its own database
         db = _db(alt)
         if db is not None and standard is not None:

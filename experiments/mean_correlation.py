@@ -55,6 +55,7 @@ def main() -> None:
                 pred = net.predict(state, pad(b.xt, net))
                 at_context = net.predict(state, pad(b.xc, net))  # its own observations
             mean, y = pred.mean[..., 0], b.yt[..., 0]
+            spread = b.yc[..., 0].std(-1)  # per task: the context's std
             corr = torch.stack([torch.corrcoef(torch.stack([m, t]))[0, 1] for m, t in zip(mean, y)])
             row = {
                 "checkpoint": default_bo_name(d)
@@ -68,14 +69,10 @@ def main() -> None:
                 # predictive std at the context points / the context's std, against the
                 # true noise std / the context's std (what an exact posterior approaches)
                 "context_std_ratio": round(
-                    (at_context.stddev[..., 0].median(-1).values / b.yc[..., 0].std(-1))
-                    .median()
-                    .item(),
+                    (at_context.stddev[..., 0].median(-1).values / spread).median().item(),
                     3,
                 ),
-                "true_noise_ratio": round(
-                    (b.noise_std / b.yc[..., 0].std(-1).double()).median().item(), 3
-                ),
+                "true_noise_ratio": round((b.noise_std / spread.double()).median().item(), 3),
             }
             rows.append(row)
             print(

@@ -32,8 +32,9 @@ SOURCES = {
 def routed_targets(sources: dict[int, tuple[str, str]] = SOURCES, results: Path = RESULTS) -> dict:
     """Per target: the cells of every d from its routed network's report, recounted."""
     reports = {name: json.loads((results / name).read_text()) for name, _ in sources.values()}
+    first = reports[sources[min(sources)][0]]["targets"]  # names and descriptions of the targets
     out: dict[str, dict] = {}
-    for target in reports[sources[min(sources)][0]]["targets"]:
+    for target in first:
         cells, missing = [], []
         for d, (name, network) in sorted(sources.items()):
             check = reports[name]["targets"][target]
@@ -41,7 +42,7 @@ def routed_targets(sources: dict[int, tuple[str, str]] = SOURCES, results: Path 
             missing += [c for c in check["not_evaluated"] if c[0] == d]
         judged = [c for c in cells if not c.get("reference")]
         out[target] = {
-            "description": reports[sources[min(sources)][0]]["targets"][target]["description"],
+            "description": first[target]["description"],
             "pass": all(c["pass"] for c in judged) if judged else None,
             "cells_judged": len(judged),
             "cells_missed": sum(not c["pass"] for c in judged),

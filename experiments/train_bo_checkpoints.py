@@ -141,6 +141,9 @@ def stages(
     }
 
 
+STAGES = tuple(stages(Path("."), 1.0))  # the stage numbers, in order
+
+
 def _finished(run: Path) -> bool:
     return (run / "model.pt").exists()
 
@@ -154,19 +157,22 @@ def run_stage(
     arch: str = "cmanp",
 ) -> Path:
     """Run (or resume, or skip when finished) one stage; returns its ``model.pt``."""
-    name, cfg, snapshot_at = stages(out, scale, eval_batches, arch)[number]
+    recipe = stages(out, scale, eval_batches, arch)
+    name, cfg, snapshot_at = recipe[number]
     run = out / name
     if _finished(run):
         print(f"stage {number} ({name}): finished, {run / 'model.pt'}")
         return run / "model.pt"
     if number == 3 and not (out / "bo-d2-snapshot.pt").exists():
+        raise SystemExit(f"stage 3 starts from stage 2 at step {recipe[2][2]}: run stage 2 first")
+    # a stage warm-started from another stage's final weights needs that stage finished
+    by_run = {out / run_name: k for k, (run_name, _, _) in recipe.items()}
+    source = Path(cfg.init_from).parent if cfg.init_from else None
+    if source in by_run and not _finished(source):
+        k = by_run[source]
         raise SystemExit(
-            f"stage 3 starts from stage 2 at step {stages(out, scale)[2][2]}: run stage 2 first"
+            f"stage {number} starts from stage {k}'s final weights: run stage {k} first"
         )
-    if number in (4, 5) and not _finished(out / "bo-d36"):
-        raise SystemExit(f"stage {number} starts from stage 3's final weights: run stage 3 first")
-    if number == 6 and not _finished(out / "bo-d36-short"):
-        raise SystemExit("stage 6 starts from stage 4's final weights: run stage 4 first")
     if snapshot_at is not None and not (out / "bo-d2-snapshot.pt").exists():
         last = run / "last.pt"
         done = torch.load(last, weights_only=False)["step"] if last.exists() else 0
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--stage",
         type=int,
-        choices=(1, 2, 3, 4, 5, 6),
+        choices=STAGES,
         action="append",
         help="only these (default all)",
     )
@@ -210,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    for number in sorted(set(args.stage or (1, 2, 3, 4, 5, 6))):
+    for number in sorted(set(args.stage or STAGES)):
         run_stage(args.out, number, args.scale, args.eval_batches, arch=args.arch)
 
 
