@@ -55,3 +55,40 @@ def test_problem_fit_scores_the_gp_and_a_checkpoint(tmp_path):
     assert -1.0 <= rows[0][str(path)] <= 1.0  # an untrained network: any value, but a number
     assert rows[0]["gp:context_corr"] > 0.9 and rows[0]["gp:context_std_ratio"] < 0.2
     assert rows[0][f"{path}:context_std_ratio"] > 0
+
+
+def test_copy_runs_moves_runs_with_their_steps_once(tmp_path):
+    from cmanp_bo.bench.store import ResultStore, RunKey
+
+    copy = _load("copy_runs")
+    src, dest = tmp_path / "src.sqlite", tmp_path / "dest.sqlite"
+    store = ResultStore(src)
+    run = dict(
+        dim=2, budget=3, num_evals=3, stopped=None, best_value=0.5, optimal_value=0.0,
+        wall_s=1.0, surrogate_s=0.5, peak_rss_mb=None, hardware="cpu", finished="now",
+    )  # fmt: skip
+    step = dict(
+        step=1, x=[0.25, 0.75], value=1.0, best=1.0, regret=1.0, score=None, surrogate_s=0.0,
+        cum_surrogate_s=0.0, cum_wall_s=0.1, rss_mb=None,
+    )  # fmt: skip
+    for surrogate, problem in (("gp", "branin"), ("cmanp", "branin"), ("gp", "levy4")):
+        key = RunKey.make("standard", problem, surrogate, 0, {"a": 1})
+        store.add(key, run, [step, {**step, "step": 2, "x": [0.5, 0.5]}])
+    store.close()
+    ResultStore(dest).close()
+    assert copy.copy_runs(src, dest, surrogates={"gp"}, problems={"branin"}) == 1
+    assert copy.copy_runs(src, dest, surrogates={"gp"}, problems={"branin"}) == 0  # no copies
+    assert copy.copy_runs(src, dest) == 2  # the other two
+    out = ResultStore(dest)
+    runs = out.runs("standard")
+    assert sorted((r["surrogate"], r["problem"]) for r in runs) == [
+        ("cmanp", "branin"),
+        ("gp", "branin"),
+        ("gp", "levy4"),
+    ]
+    steps = out.steps(runs[0]["id"])
+    assert [json.loads(s["x"]) for s in steps] == [[0.25, 0.75], [0.5, 0.5]]  # not re-encoded
+    assert runs[0]["settings"] == json.dumps({"a": 1})
+    out.close()
+    with pytest.raises(FileNotFoundError):
+        copy.copy_runs(tmp_path / "missing.sqlite", dest)
