@@ -265,18 +265,26 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
     (``widen_inputs``).
     """
     source = _source_network(cfg.init_from)
-    if source.arch != net.arch or replace(source.cfg, dim_x=net.cfg.dim_x) != net.cfg:
+    allowed = {"dim_x": net.cfg.dim_x}
+    if not source.cfg.regression_features:  # a regression memory may be added
+        allowed.update({k: getattr(net.cfg, k) for k in _REGRESSION_FIELDS})
+    if source.arch != net.arch or replace(source.cfg, **allowed) != net.cfg:
         raise ValueError(
             f"--init-from {cfg.init_from} holds a {source.arch} network with {source.cfg}, but "
             f"this run builds a {net.arch} network with {net.cfg}; pass the same --arch/--model "
-            "(only dim_x may grow)"
+            "(only dim_x may grow, and a regression memory may be added)"
         )
     if source.cfg.dim_x > net.cfg.dim_x:
         raise ValueError(
             f"--init-from {cfg.init_from} takes dim_x={source.cfg.dim_x} inputs, more than this "
             f"run's {net.cfg.dim_x}"
         )
-    net.load_state_dict(widen_inputs(source.state_dict(), net.state_dict(), source.cfg))
+    net.load_state_dict(
+        widen_inputs(source.state_dict(), net.state_dict(), source.cfg, net.cfg.dim_x)
+    )
+
+
+_REGRESSION_FIELDS = ("regression_features", "regression_lengthscales", "regression_noise")
 
 
 def _source_network(path: str) -> NeuralProcess:
@@ -289,28 +297,52 @@ def _source_network(path: str) -> NeuralProcess:
     return load_checkpoint(path)
 
 
-def widen_inputs(source: dict, target: dict, source_cfg: CMANPConfig) -> dict:
+def widen_inputs(
+    source: dict, target: dict, source_cfg: CMANPConfig, dim_x: int | None = None
+) -> dict:
     """``source`` weights in a network with more inputs (``target``'s shapes).
 
     The new input dimensions start switched off in the raw-x columns of both embedders (zero
     weights, so the copied network computes the same features of the old dimensions) and with
     ``target``'s freshly drawn rows of the Fourier matrix; every other weight is copied. A
-    network trained on d <= 2 thus starts a run on larger d from what it has learned.
+    network trained on d <= 2 thus starts a run on larger d from what it has learned (``dim_x``:
+    the target's input dimension; ``None`` when no regression memory is added). A
+    regression memory new to the target (``cmanp_bo.nn.regression``) keeps its fresh
+    initialisation, and its readout enters the query embedder through zero weights, so the
+    widened network predicts exactly what the source did.
     """
     d_old = source_cfg.dim_x
+    if dim_x is None:  # without a regression memory the embedders' growth is all new inputs
+        dim_x = (
+            d_old
+            + target["embed_query.0.weight"].shape[1]
+            - source["embed_query.0.weight"].shape[1]
+        )
     out = {}
-    for key, value in source.items():
-        new = target[key]
+    for key, new in target.items():
+        if key not in source:
+            if not key.startswith("regression."):
+                raise ValueError(f"cannot widen: {key} is not in the source network")
+            out[key] = new.clone()
+            continue
+        value = source[key]
         if value.shape == new.shape:
             out[key] = value.clone()
         elif key == "fourier_matrix":
             out[key] = torch.cat([value, new[d_old:]], dim=0)
         elif key in ("embed_context.0.weight", "embed_query.0.weight"):
-            grow = new.shape[1] - value.shape[1]
-            zeros = value.new_zeros(value.shape[0], grow)
-            out[key] = torch.cat([value[:, :d_old], zeros, value[:, d_old:]], dim=1)
+            grow_x = dim_x - d_old
+            grow_rest = new.shape[1] - value.shape[1] - grow_x
+            if grow_rest and key != "embed_query.0.weight":
+                raise ValueError(f"cannot widen {key}: {tuple(value.shape)} -> {tuple(new.shape)}")
+            parts = [value[:, :d_old], value.new_zeros(value.shape[0], grow_x), value[:, d_old:]]
+            parts.append(value.new_zeros(value.shape[0], grow_rest))
+            out[key] = torch.cat(parts, dim=1)
         else:
             raise ValueError(f"cannot widen {key}: {tuple(value.shape)} -> {tuple(new.shape)}")
+    unused = set(source) - set(target)
+    if unused:
+        raise ValueError(f"cannot widen: the target network has no {sorted(unused)}")
     return out
 
 

@@ -8,6 +8,7 @@ update costs O(new points), never re-reading old ones.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from cmanp_bo.nn.attention import AttentionStats
 from cmanp_bo.nn.layers import CrossAttentionLayer, SelfAttentionLayer
 from cmanp_bo.nn.process import NeuralProcess, broadcast_batch, check_finite
+from cmanp_bo.nn.regression import MIN_NOISE, RegressionMemory, RegressionStats
 
 
 @dataclass
@@ -44,6 +46,12 @@ class CMANPConfig:
             CPU budget lacks most. ``B`` (``dim_x x F``) is a fixed buffer, stored in the
             checkpoint; a zero (padded) input dimension contributes nothing to ``x B``.
         fourier_scale: standard deviation of the entries of ``B`` (frequencies per unit of x).
+        regression_features: features ``m`` per bank of the streamed Bayesian linear regression
+            whose per-target readout is fed to the query embedder (0: off; CMANP only, see
+            ``cmanp_bo.nn.regression``). Its statistics join the context state
+            (``banks x (m^2 + m) + 1`` numbers per task).
+        regression_lengthscales: one RBF lengthscale (units of x) per regression bank.
+        regression_noise: initial noise variance of every bank (trained; frame units).
     """
 
     dim_x: int = 1
@@ -60,6 +68,9 @@ class CMANPConfig:
     min_std: float = 1e-3
     fourier_features: int = 0
     fourier_scale: float = 2.0
+    regression_features: int = 0
+    regression_lengthscales: tuple[float, ...] = (0.15, 0.4, 1.2, 4.0)
+    regression_noise: float = 1e-2
 
     def __post_init__(self) -> None:
         for name in (
@@ -96,6 +107,27 @@ class CMANPConfig:
             raise ValueError(f"CMANPConfig.fourier_scale must be > 0, got {self.fourier_scale!r}")
         if not self.min_std > 0:
             raise ValueError(f"CMANPConfig.min_std must be > 0, got {self.min_std!r}")
+        if (
+            not isinstance(self.regression_features, int)
+            or isinstance(self.regression_features, bool)
+            or self.regression_features < 0
+        ):
+            raise ValueError(
+                "CMANPConfig.regression_features must be an int >= 0, got "
+                f"{self.regression_features!r}"
+            )
+        self.regression_lengthscales = tuple(float(v) for v in self.regression_lengthscales)
+        if not self.regression_lengthscales or not all(
+            v > 0 and math.isfinite(v) for v in self.regression_lengthscales
+        ):
+            raise ValueError(
+                "CMANPConfig.regression_lengthscales must be a non-empty list of positive "
+                f"numbers, got {self.regression_lengthscales!r}"
+            )
+        if not self.regression_noise > MIN_NOISE:
+            raise ValueError(
+                f"CMANPConfig.regression_noise must be > {MIN_NOISE}, got {self.regression_noise!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,7 +135,8 @@ class CMANPConfig:
 
 @dataclass(frozen=True, eq=False)
 class ContextState:
-    """The absorbed context: per CMAB, the softmax statistics of its context cross-attention.
+    """The absorbed context: per CMAB, the softmax statistics of its context cross-attention, and
+    the regression statistics when the network has a ``RegressionMemory``.
 
     An immutable value. ``update`` returns a new state; the old one stays valid. Its size depends
     on the architecture and the batch shape only, never on ``num_points``.
@@ -111,6 +144,7 @@ class ContextState:
 
     layers: tuple[AttentionStats, ...]
     num_points: int
+    regression: RegressionStats | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -123,15 +157,19 @@ class ContextState:
 
     def numel(self) -> int:
         """Numbers held by the state (per the full batch)."""
-        return sum(s.log_norm.numel() + s.output.numel() for s in self.layers)
+        return sum(t.numel() for t in self.tensors())
 
     def tensors(self) -> list[Tensor]:
-        return [t for s in self.layers for t in (s.log_norm, s.output)]
+        out = [t for s in self.layers for t in (s.log_norm, s.output)]
+        return out + (self.regression.tensors() if self.regression is not None else [])
 
     def expand(self, batch_shape: torch.Size | tuple[int, ...]) -> ContextState:
         """The same context broadcast to ``batch_shape`` (a view; no copy)."""
+        batch_shape = torch.Size(batch_shape)
         return ContextState(
-            tuple(s.expand(torch.Size(batch_shape)) for s in self.layers), self.num_points
+            tuple(s.expand(batch_shape) for s in self.layers),
+            self.num_points,
+            self.regression.expand(batch_shape) if self.regression is not None else None,
         )
 
 
@@ -185,6 +223,28 @@ class CMANP(NeuralProcess):
     def _build_encoder(self, cfg: CMANPConfig) -> None:
         self.model_latents = nn.Parameter(torch.randn(cfg.num_latents, cfg.d_model) * 0.5)
         self.encoder = nn.ModuleList(CMAB(cfg) for _ in range(cfg.num_layers))
+        self.regression = (
+            RegressionMemory(
+                cfg.dim_x,
+                cfg.regression_features,
+                cfg.regression_lengthscales,
+                cfg.regression_noise,
+            )
+            if cfg.regression_features
+            else None
+        )
+
+    @classmethod
+    def query_extra_width(cls, cfg: CMANPConfig) -> int:
+        return 3 * len(cfg.regression_lengthscales) + 2 if cfg.regression_features else 0
+
+    def _query_inputs(self, state: ContextState, x: Tensor) -> Tensor:
+        features = self._features(x)
+        if self.regression is None:
+            return features
+        readout = self.regression.readout(state.regression, state.num_points, x, state._cache)
+        batch = torch.broadcast_shapes(features.shape[:-1], readout.shape[:-1])
+        return torch.cat([features.expand(*batch, -1), readout.expand(*batch, -1)], dim=-1)
 
     # ----------------------------------------------------------------------------- context
     def encode(self, x: Tensor, y: Tensor, block_size: int | None = None) -> ContextState:
@@ -208,17 +268,30 @@ class CMANP(NeuralProcess):
         n = x.shape[-2]
         if not streamed:
             tokens = self._context_tokens(x, y, batch_shape)
-            return ContextState(tuple(blk.context_stats(tokens) for blk in self.encoder), n)
+            layers = tuple(blk.context_stats(tokens) for blk in self.encoder)
+            regression = None
+            if self.regression is not None:
+                regression = self.regression.stats(x, y, batch_shape)
+            return ContextState(layers, n, regression)
         state = self.empty_state(batch_shape)
-        layers = state.layers
         for start in range(0, n, block_size):
             xb, yb = x[..., start : start + block_size, :], y[..., start : start + block_size, :]
             check_finite(xb, "x")
             check_finite(yb, "y")
-            tokens = self._context_tokens(xb, yb, batch_shape)
-            layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, layers))
-            del tokens, xb, yb  # free this block before the next one is embedded
-        return ContextState(layers, n)
+            state = self._absorb(state, xb, yb, batch_shape)
+            del xb, yb  # free this block before the next one is embedded
+        return state
+
+    def _absorb(
+        self, state: ContextState, x: Tensor, y: Tensor, batch_shape: torch.Size
+    ) -> ContextState:
+        tokens = self._context_tokens(x, y, batch_shape)
+        layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, state.layers))
+        regression = None
+        if self.regression is not None:
+            regression = self.regression.absorb(state.regression.expand(batch_shape), x, y)
+            regression = regression.expand(batch_shape)
+        return ContextState(layers, state.num_points + x.shape[-2], regression)
 
     def empty_state(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> ContextState:
         """The state of no context at all (predictions are then the prior's).
@@ -226,13 +299,15 @@ class CMANP(NeuralProcess):
         Args:
             batch_shape: batch shape of the state.
         """
+        batch_shape = torch.Size(batch_shape)
         layers = tuple(
-            blk.read.attn.empty_stats(blk.read.norm_q(blk.block_latents)).expand(
-                torch.Size(batch_shape)
-            )
+            blk.read.attn.empty_stats(blk.read.norm_q(blk.block_latents)).expand(batch_shape)
             for blk in self.encoder
         )
-        return ContextState(layers, 0)
+        regression = None
+        if self.regression is not None:
+            regression = self.regression.empty(batch_shape)
+        return ContextState(layers, 0, regression)
 
     def update(self, state: ContextState, x: Tensor, y: Tensor) -> ContextState:
         """Return a new state that also holds ``(x, y)``; the input state is not modified.
@@ -249,9 +324,7 @@ class CMANP(NeuralProcess):
         self._check_state(state)
         pair_batch = self._check_pair(x, y)
         batch_shape = broadcast_batch(state.batch_shape, pair_batch, "state", "x/y")
-        tokens = self._context_tokens(x, y, batch_shape)
-        layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, state.layers))
-        return ContextState(layers, state.num_points + x.shape[-2])
+        return self._absorb(state, x, y, batch_shape)
 
     def _check_state(self, state: ContextState) -> None:
         if not isinstance(state, ContextState):
@@ -262,6 +335,12 @@ class CMANP(NeuralProcess):
             )
         if state.dtype != self.dtype:
             raise TypeError(f"state has dtype {state.dtype} but the network is {self.dtype}")
+        if (state.regression is None) != (self.regression is None):
+            raise ValueError(
+                "state and network disagree on the regression memory "
+                f"(state has {'none' if state.regression is None else 'one'}, the network "
+                f"{'none' if self.regression is None else 'one'})"
+            )
 
     def latents(self, state: ContextState) -> list[Tensor]:
         """Output latents of every CMAB (``batch_shape x num_latents x d_model`` each).

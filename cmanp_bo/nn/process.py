@@ -53,7 +53,7 @@ class NeuralProcess(nn.Module):
                 "fourier_matrix", torch.randn(cfg.dim_x, cfg.fourier_features) * cfg.fourier_scale
             )
         self.embed_context = mlp(width_x + cfg.dim_y, d, cfg.embed_depth)
-        self.embed_query = mlp(width_x, d, cfg.embed_depth)
+        self.embed_query = mlp(width_x + self.query_extra_width(cfg), d, cfg.embed_depth)
         self._build_encoder(cfg)
         self.decoder = nn.ModuleList(
             CrossAttentionLayer(d, cfg.num_heads, cfg.d_ff) for _ in range(cfg.num_layers)
@@ -75,6 +75,20 @@ class NeuralProcess(nn.Module):
         return self.embed_query[0].weight.device
 
     # ----------------------------------------------------------------------------- encoder API
+    @classmethod
+    def query_extra_width(cls, cfg: CMANPConfig) -> int:
+        """Width of the context readout that ``_query_inputs`` appends to a target's features."""
+        if cfg.regression_features:
+            raise ValueError(
+                f"the {cls.arch} architecture has no regression memory "
+                "(CMANPConfig.regression_features must be 0)"
+            )
+        return 0
+
+    def _query_inputs(self, state: Any, x: Tensor) -> Tensor:
+        """What the query embedder reads for targets ``x`` (``batch_shape x m x dim_x``)."""
+        return self._features(x)
+
     def _build_encoder(self, cfg: CMANPConfig) -> None:
         """Create the encoder's modules (called between the embedders and the decoder)."""
         raise NotImplementedError
@@ -185,7 +199,8 @@ class NeuralProcess(nn.Module):
 
     def _decode_points(self, state: Any, memory: list[Tensor], x: Tensor) -> Tensor:
         batch_shape = broadcast_batch(state.batch_shape, x.shape[:-2], "state", "x")
-        h = self.embed_query(self._features(x)).expand(*batch_shape, x.shape[-2], self.cfg.d_model)
+        h = self.embed_query(self._query_inputs(state, x))
+        h = h.expand(*batch_shape, x.shape[-2], self.cfg.d_model)
         for layer, rep in zip(self.decoder, memory, strict=True):
             h = layer(h, rep)
         return self.head(h)
