@@ -33,6 +33,15 @@ The recipe is a chain of six resumable ``cmanp_bo.train`` runs, each in ``OUT/<s
    around the observations, which the networks trained on uniform targets reproduce poorly at
    d >= 3 (README, issues 4 and 6).
 
+7. ``bo-d36-reg`` (shipped as ``bo-d3-6-reg``, the default for d = 3..6): stage 6 with the
+   regression memory added (``cmanp_bo.nn.regression``: 4 banks of 64 random Fourier features
+   whose streamed Bayesian linear regression is read at every target; it enters through zero
+   weights, so training starts from stage 6's predictions), 17000 steps (lr 4e-4, seed 5) on
+   stage 6's prior.
+8. ``bo-d2-reg`` (shipped as ``bo-d1-2-reg``): stage 2 with the regression memory added, 16000
+   steps (lr 4e-4, seed 6) on stage 2's prior. Stages 7 and 8 are independent: run them as two
+   processes. The neural peers have no regression memory: they stop at stage 2.
+
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
 (``--scale 0.01`` is a smoke test); the snapshot step of stage 3 scales with it. Each stage uses
@@ -48,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -67,6 +77,7 @@ MODEL = {
 SNAPSHOT_STEP = 4500  # stage 3 starts from stage 2's weights here
 SHORT = {"short_share": 0.5}  # stages 4, 5: half the tasks with lengthscales / 16 (the default)
 NEAR = {"near_share": 0.5}  # stage 6: half the targets next to a context point
+REGRESSION = {"regression_features": 64}  # stages 7, 8: add the regression memory
 
 
 def stages(
@@ -112,14 +123,20 @@ def stages(
     )
 
     def fine_tune(
-        min_dim: int, max_dim: int, n_steps: int, seed: int, start: str = "bo-d36", **options
+        min_dim: int,
+        max_dim: int,
+        n_steps: int,
+        seed: int,
+        start: str = "bo-d36",
+        model: dict | None = None,
+        **options,
     ) -> TrainConfig:
-        """Stage ``start``'s final weights (widened to ``max_dim`` inputs) on the mixed prior
-        (with extra prior ``options``)."""
+        """Stage ``start``'s final weights (widened to ``max_dim`` inputs, with the ``model``
+        overrides) on the mixed prior (with extra prior ``options``)."""
         return TrainConfig(
             prior_options={"max_dim": max_dim, "min_dim": min_dim, **SHORT, **options},
             steps=steps(n_steps),
-            model={**MODEL, "dim_x": max_dim},
+            model={**MODEL, "dim_x": max_dim, **(model or {})},
             loss_cap=10.0,
             init_from=str(out / start / "model.pt"),
             eval_batches=eval_batches or 30,
@@ -131,6 +148,19 @@ def stages(
     d36_short = fine_tune(2, 6, 46000, seed=1)
     d710_short = fine_tune(4, 10, 36000, seed=2)
     d36_near = fine_tune(2, 6, 36000, seed=3, start="bo-d36-short", **NEAR)
+    d36_reg = fine_tune(2, 6, 17000, seed=5, start="bo-d36-near", model=REGRESSION, **NEAR)
+    d36_reg.eval_every = steps(2500)
+    d2_reg = replace(
+        d2,
+        steps=steps(16000),
+        model={**MODEL, **REGRESSION},
+        init_from=str(out / "bo-d2" / "model.pt"),
+        lr=4e-4,
+        seed=6,
+        eval_every=steps(2500),
+        eval_batches=eval_batches or 30,
+        checkpoint_every=500,
+    )
     return {
         1: ("d2-start", start, None),
         2: ("bo-d2", d2, steps(SNAPSHOT_STEP)),
@@ -138,6 +168,8 @@ def stages(
         4: ("bo-d36-short", d36_short, None),
         5: ("bo-d710-short", d710_short, None),
         6: ("bo-d36-near", d36_near, None),
+        7: ("bo-d36-reg", d36_reg, None),
+        8: ("bo-d2-reg", d2_reg, None),
     }
 
 

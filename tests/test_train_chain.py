@@ -33,6 +33,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "5"])
     with pytest.raises(SystemExit, match="run stage 4 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "6"])
+    with pytest.raises(SystemExit, match="run stage 6 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "7"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -58,8 +60,14 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     assert near["steps"] == 36 and near["config"]["dim_x"] == 6 and near["seed"] == 3
     assert near["init_from"].endswith("bo-d36-short/model.pt") and near["lr"] == 4e-4
     assert "'short_share': 0.5" in near["prior"] and "'near_share': 0.5" in near["prior"]
+    reg36, reg2 = (read_card(tmp_path / s / "model.pt") for s in ("bo-d36-reg", "bo-d2-reg"))
+    assert reg36["init_from"].endswith("bo-d36-near/model.pt") and reg36["steps"] == 17
+    assert "'near_share': 0.5" in reg36["prior"] and reg36["config"]["regression_features"] == 64
+    assert reg2["init_from"].endswith("bo-d2/model.pt") and reg2["steps"] == 16
+    assert reg2["config"]["dim_x"] == 2 and reg2["config"]["regression_features"] == 64
+    assert "short_share" not in reg2["prior"] and reg2["seed"] == 6
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 6
+    assert capsys.readouterr().out.count(": finished,") == 8
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
