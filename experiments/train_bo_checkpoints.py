@@ -36,7 +36,7 @@ The recipe is a chain of six resumable ``cmanp_bo.train`` runs, each in ``OUT/<s
 7. ``bo-d36-reg`` (shipped as ``bo-d3-6-reg``, the default for d = 3..6): stage 6 with the
    regression memory added (``cmanp_bo.nn.regression``: 4 banks of 64 random Fourier features
    whose streamed Bayesian linear regression is read at every target; it enters through zero
-   weights, so training starts from stage 6's predictions), 17000 steps (lr 4e-4, seed 5) on
+   weights, so training starts from stage 6's predictions), 25000 steps (lr 4e-4, seed 5) on
    stage 6's prior.
 8. ``bo-d2-reg`` (shipped as ``bo-d1-2-reg``): stage 2 with the regression memory added, 16000
    steps (lr 4e-4, seed 6) on stage 2's prior. Stages 7 and 8 are independent: run them as two
@@ -148,7 +148,7 @@ def stages(
     d36_short = fine_tune(2, 6, 46000, seed=1)
     d710_short = fine_tune(4, 10, 36000, seed=2)
     d36_near = fine_tune(2, 6, 36000, seed=3, start="bo-d36-short", **NEAR)
-    d36_reg = fine_tune(2, 6, 17000, seed=5, start="bo-d36-near", model=REGRESSION, **NEAR)
+    d36_reg = fine_tune(2, 6, 25000, seed=5, start="bo-d36-near", model=REGRESSION, **NEAR)
     d36_reg.eval_every = steps(2500)
     d2_reg = replace(
         d2,

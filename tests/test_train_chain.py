@@ -61,7 +61,7 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     assert near["init_from"].endswith("bo-d36-short/model.pt") and near["lr"] == 4e-4
     assert "'short_share': 0.5" in near["prior"] and "'near_share': 0.5" in near["prior"]
     reg36, reg2 = (read_card(tmp_path / s / "model.pt") for s in ("bo-d36-reg", "bo-d2-reg"))
-    assert reg36["init_from"].endswith("bo-d36-near/model.pt") and reg36["steps"] == 17
+    assert reg36["init_from"].endswith("bo-d36-near/model.pt") and reg36["steps"] == 25
     assert "'near_share': 0.5" in reg36["prior"] and reg36["config"]["regression_features"] == 64
     assert reg2["init_from"].endswith("bo-d2/model.pt") and reg2["steps"] == 16
     assert reg2["config"]["dim_x"] == 2 and reg2["config"]["regression_features"] == 64

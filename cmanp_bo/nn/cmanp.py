@@ -288,9 +288,8 @@ class CMANP(NeuralProcess):
         tokens = self._context_tokens(x, y, batch_shape)
         layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, state.layers))
         regression = None
-        if self.regression is not None:
-            regression = self.regression.absorb(state.regression.expand(batch_shape), x, y)
-            regression = regression.expand(batch_shape)
+        if self.regression is not None:  # batch shapes broadcast inside (fantasies share gram)
+            regression = self.regression.absorb(state.regression, x, y)
         return ContextState(layers, state.num_points + x.shape[-2], regression)
 
     def empty_state(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> ContextState:

@@ -45,6 +45,9 @@ class RegressionStats:
     """Sufficient statistics of the absorbed points, kept in float64 whatever the network's dtype
     (sums of squares feed a linear solve; float32 rounding would be amplified by its condition).
 
+    The three batch shapes broadcast to the state's; each is only as large as its inputs need:
+    ``gram`` depends on x alone, so fantasies (extra batch dims of y only) share it.
+
     Attributes:
         gram: ``batch_shape x banks x m x m``, ``sum phi phi^T``.
         moment: ``batch_shape x banks x m``, ``sum phi y``.
@@ -57,7 +60,9 @@ class RegressionStats:
 
     @property
     def batch_shape(self) -> torch.Size:
-        return self.sq_sum.shape
+        return torch.broadcast_shapes(
+            self.gram.shape[:-3], self.moment.shape[:-2], self.sq_sum.shape
+        )
 
     def expand(self, batch_shape: torch.Size) -> RegressionStats:
         return RegressionStats(
@@ -178,15 +183,16 @@ class RegressionMemory(nn.Module):
         w = log_w.exp().unsqueeze(-1)  # batch x banks x 1
         avg_mean = (w * mean).sum(-2)
         avg_var = ((w * (var + mean.pow(2))).sum(-2) - avg_mean.pow(2)).clamp_min(0)
-        batch = avg_mean.shape[:-1]
         parts = [
             mean.transpose(-1, -2),
             0.5 * (var + LOG_FLOOR).log().transpose(-1, -2),
-            w.transpose(-1, -2).expand(*batch, x.shape[-2], self.num_banks),
+            w.transpose(-1, -2),
             avg_mean.unsqueeze(-1),
             0.5 * (avg_var + LOG_FLOOR).log().unsqueeze(-1),
         ]
-        return torch.cat(parts, dim=-1).to(x.dtype)
+        batch = torch.broadcast_shapes(*(t.shape[:-2] for t in parts))
+        n = x.shape[-2]
+        return torch.cat([t.expand(*batch, n, t.shape[-1]) for t in parts], -1).to(x.dtype)
 
 
 __all__ = ["RegressionMemory", "RegressionStats"]

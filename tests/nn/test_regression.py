@@ -130,6 +130,7 @@ def test_fantasy_broadcast_matches_separate_updates():
     yf = torch.randn(4, 2, 1, 1, dtype=torch.float64)
     fant = net.update(state, xf, yf)
     assert fant.batch_shape == torch.Size([4, 2])
+    assert fant.regression.gram.shape[:-3] == torch.Size([2])  # y's fantasy dim is not copied
     for s in range(4):
         one = net.update(state, xf, yf[s])
         assert max_diff(outputs(net, one, xq), [t[s] for t in outputs(net, fant, xq)]) < 1e-12
