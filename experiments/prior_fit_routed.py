@@ -20,10 +20,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # d -> (report, the network it holds for that d)
 SOURCES = {
-    1: ("prior_fit.json", "bo-d1-2"),
-    2: ("prior_fit.json", "bo-d1-2"),
-    4: ("prior_fit_bo_d3_6_near.json", "bo-d3-6-near"),
-    6: ("prior_fit_bo_d3_6_near.json", "bo-d3-6-near"),
+    1: ("prior_fit_bo_d1_2_reg.json", "bo-d1-2-reg"),
+    2: ("prior_fit_bo_d1_2_reg.json", "bo-d1-2-reg"),
+    4: ("prior_fit_bo_d3_6_reg.json", "bo-d3-6-reg"),
+    6: ("prior_fit_bo_d3_6_reg.json", "bo-d3-6-reg"),
     8: ("prior_fit_bo_d7_10.json", "bo-d7-10"),
     10: ("prior_fit_bo_d7_10.json", "bo-d7-10"),
 }
