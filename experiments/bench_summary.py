@@ -9,7 +9,8 @@
   regret at n;
 - best values to 4 digits (the report rounds to 2), for suites without a known optimum;
 - standard suite: CMANP against gp, sobol and the neural peers (where they ran) per problem
-  (paired Wilcoxon signed-rank on the final log10 regret; the report only tests against gp);
+  (paired Wilcoxon signed-rank on the final log10 regret; the report only tests against gp),
+  and against the default networks it replaced (``PREVIOUS_DEFAULTS``);
 - ``--rebuild``: seconds to rebuild the Ax state of n points one at a time (what the state cache
   does on a restart or a re-base) vs one blocked encode, with the shipped checkpoint, one thread.
 
@@ -44,6 +45,9 @@ def _db(suite: str) -> sqlite3.Connection | None:
 # (bo-d3-6-near's runs are also merged into the standard database: it is the d = 3..6 default)
 ALTERNATIVES = ("standard_bo_d3_6_mixed", "standard_bo_d3_6_near")
 BO_D3_6 = "bo-d3-6@ab6de5b4d773"  # the d = 3..6 default until bo-d3-6-near, compared against
+# the defaults that the regression-memory networks replaced, by the network identity of their
+# runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
+PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
 
 
 def _current(db: sqlite3.Connection) -> list[dict]:
@@ -224,6 +228,11 @@ def main() -> None:
                 "versus_bo_d3_6": versus_db(db, standard, reference_network=BO_D3_6),
                 "boundary_share_by_dim": boundary_share(db)[1],
             }
+    if standard is not None:
+        summary["standard_cmanp_versus_previous_defaults"] = {
+            name: versus_db(standard, standard, reference_network=network)
+            for name, network in PREVIOUS_DEFAULTS.items()
+        }
     if args.rebuild:
         summary["state_cache_rebuild"] = rebuild_cost()
     text = json.dumps(summary, indent=1)
