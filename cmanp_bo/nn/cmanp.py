@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from cmanp_bo.nn.attention import AttentionStats
 from cmanp_bo.nn.layers import CrossAttentionLayer, SelfAttentionLayer
 from cmanp_bo.nn.process import NeuralProcess, broadcast_batch, check_finite
-from cmanp_bo.nn.regression import MIN_NOISE, RegressionMemory, RegressionStats
+from cmanp_bo.nn.regression import MIN_NOISE, RegressionMemory, RegressionStats, readout_width
 
 
 @dataclass
@@ -236,7 +236,7 @@ class CMANP(NeuralProcess):
 
     @classmethod
     def query_extra_width(cls, cfg: CMANPConfig) -> int:
-        return 3 * len(cfg.regression_lengthscales) + 2 if cfg.regression_features else 0
+        return readout_width(len(cfg.regression_lengthscales)) if cfg.regression_features else 0
 
     def _query_inputs(self, state: ContextState, x: Tensor) -> Tensor:
         features = self._features(x)

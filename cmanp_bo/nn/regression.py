@@ -40,6 +40,11 @@ MIN_NOISE = 1e-4
 LOG_FLOOR = 1e-6
 
 
+def readout_width(num_banks: int) -> int:
+    """Features per target: mean and log std per bank, the banks' weights, averaged mean and std."""
+    return 3 * num_banks + 2
+
+
 @dataclass(frozen=True)
 class RegressionStats:
     """Sufficient statistics of the absorbed points, kept in float64 whatever the network's dtype
@@ -103,7 +108,7 @@ class RegressionMemory(nn.Module):
 
     @property
     def readout_width(self) -> int:
-        return 3 * self.num_banks + 2
+        return readout_width(self.num_banks)
 
     def noise(self) -> Tensor:
         """Noise variance per bank: ``banks``."""
@@ -139,7 +144,8 @@ class RegressionMemory(nn.Module):
 
     # ----------------------------------------------------------------------------- targets
     def _posterior(self, stats: RegressionStats, num_points: int) -> tuple[Tensor, ...]:
-        """Cholesky factor of ``A``, ``A^{-1} moment`` and the banks' log weights (float64)."""
+        """Noise variances, the Cholesky factor of ``A``, ``A^{-1} moment`` and the banks' log
+        weights (float64)."""
         lam = self.noise().double()
         gram = 0.5 * (stats.gram + stats.gram.transpose(-1, -2))
         eye = torch.eye(self.num_features, dtype=torch.float64, device=gram.device)
@@ -152,7 +158,7 @@ class RegressionMemory(nn.Module):
         log_evidence = -0.5 * (
             quad / lam + logdet + (n - m) * lam.log() + n * math.log(2 * math.pi)
         )
-        return chol, alpha, torch.log_softmax(log_evidence, dim=-1)
+        return lam, chol, alpha, torch.log_softmax(log_evidence, dim=-1)
 
     def readout(
         self, stats: RegressionStats, num_points: int, x: Tensor, cache: dict | None = None
@@ -175,11 +181,11 @@ class RegressionMemory(nn.Module):
             post = self._posterior(stats, num_points)
             if cache is not None and not any(t.requires_grad for t in post):
                 cache[key] = post
-        chol, alpha, log_w = post
+        lam, chol, alpha, log_w = post
         phi = self.features(x)  # batch x banks x n x m
         mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)  # batch x banks x n
         half = torch.linalg.solve_triangular(chol, phi.transpose(-1, -2), upper=False)
-        var = self.noise().double()[:, None] * half.pow(2).sum(-2)
+        var = lam[:, None] * half.pow(2).sum(-2)
         w = log_w.exp().unsqueeze(-1)  # batch x banks x 1
         avg_mean = (w * mean).sum(-2)
         avg_var = ((w * (var + mean.pow(2))).sum(-2) - avg_mean.pow(2)).clamp_min(0)
@@ -195,4 +201,4 @@ class RegressionMemory(nn.Module):
         return torch.cat([t.expand(*batch, n, t.shape[-1]) for t in parts], -1).to(x.dtype)
 
 
-__all__ = ["RegressionMemory", "RegressionStats"]
+__all__ = ["RegressionMemory", "RegressionStats", "readout_width"]
