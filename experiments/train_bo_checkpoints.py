@@ -4,7 +4,7 @@
     python experiments/train_bo_checkpoints.py --out runs/bo-chain --scale 3  # 3x the steps (GPU)
     python experiments/train_bo_checkpoints.py --out runs/tnp-chain --arch tnp --stage 1 --stage 2
 
-The recipe is a chain of six resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
+The recipe is a chain of nine resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
 
 1. ``d2-start``: a fresh network (d_model 64, 3 CMABs, 32 latents, 32 Fourier features, joint
    head) on the BO prior restricted to d <= 2, ``dim_x`` 2, 4000 steps. On d <= 2 the network
@@ -41,6 +41,10 @@ The recipe is a chain of six resumable ``cmanp_bo.train`` runs, each in ``OUT/<s
 8. ``bo-d2-reg`` (shipped as ``bo-d1-2-reg``): stage 2 with the regression memory added, 16000
    steps (lr 4e-4, seed 6) on stage 2's prior. Stages 7 and 8 are independent: run them as two
    processes. The neural peers have no regression memory: they stop at stage 2.
+9. ``bo-d710-reg`` (shipped as ``bo-d7-10-reg``, the default for d = 7..10): stage 5 with the
+   regression memory added, 22000 steps (lr 4e-4, seed 7) on stage 5's prior with
+   ``near_share`` 0.5 (stage 6's near targets, which stage 5 never had). It is independent of
+   stages 6 to 8.
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
@@ -150,6 +154,8 @@ def stages(
     d36_near = fine_tune(2, 6, 36000, seed=3, start="bo-d36-short", **NEAR)
     d36_reg = fine_tune(2, 6, 25000, seed=5, start="bo-d36-near", model=REGRESSION, **NEAR)
     d36_reg.eval_every = steps(2500)
+    d710_reg = fine_tune(4, 10, 22000, seed=7, start="bo-d710-short", model=REGRESSION, **NEAR)
+    d710_reg.eval_every = steps(2500)
     d2_reg = replace(
         d2,
         steps=steps(16000),
@@ -170,6 +176,7 @@ def stages(
         6: ("bo-d36-near", d36_near, None),
         7: ("bo-d36-reg", d36_reg, None),
         8: ("bo-d2-reg", d2_reg, None),
+        9: ("bo-d710-reg", d710_reg, None),
     }
 
 

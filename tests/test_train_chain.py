@@ -35,6 +35,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "6"])
     with pytest.raises(SystemExit, match="run stage 6 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "7"])
+    with pytest.raises(SystemExit, match="run stage 5 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "9"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -66,8 +68,13 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     assert reg2["init_from"].endswith("bo-d2/model.pt") and reg2["steps"] == 16
     assert reg2["config"]["dim_x"] == 2 and reg2["config"]["regression_features"] == 64
     assert "short_share" not in reg2["prior"] and reg2["seed"] == 6
+    reg710 = read_card(tmp_path / "bo-d710-reg" / "model.pt")  # stage 9: from stage 5
+    assert reg710["init_from"].endswith("bo-d710-short/model.pt") and reg710["steps"] == 22
+    assert reg710["config"]["dim_x"] == 10 and reg710["config"]["regression_features"] == 64
+    assert "'short_share': 0.5" in reg710["prior"] and "'near_share': 0.5" in reg710["prior"]
+    assert "'min_dim': 4" in reg710["prior"] and reg710["seed"] == 7
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 8
+    assert capsys.readouterr().out.count(": finished,") == 9
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
