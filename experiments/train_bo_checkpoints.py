@@ -23,7 +23,8 @@ The recipe is a chain of nine resumable ``cmanp_bo.train`` runs, each in ``OUT/<
    (lr 4e-4, seed 1) on the BO prior with ``short_share`` 0.5: half the tasks have their
    lengthscales divided by 16, so that functions with interior optima, like the benchmark
    objectives (experiments/fitted_lengthscales.py), are common in training.
-5. ``bo-d710-short`` (shipped as ``bo-d7-10``, the default for d = 7..10): stage 3 widened to
+5. ``bo-d710-short`` (shipped as the opt-in ``bo-d7-10``, the d = 7..10 default until stage 9
+   existed): stage 3 widened to
    ``dim_x`` 10 and fine-tuned for 36000 steps (lr 4e-4, seed 2) on d in 4..10 with the same
    mixed prior. Stages 4 and 5 both start from stage 3's final weights: run them as two
    processes.
