@@ -24,10 +24,9 @@ The recipe is a chain of nine resumable ``cmanp_bo.train`` runs, each in ``OUT/<
    lengthscales divided by 16, so that functions with interior optima, like the benchmark
    objectives (experiments/fitted_lengthscales.py), are common in training.
 5. ``bo-d710-short`` (shipped as the opt-in ``bo-d7-10``, the d = 7..10 default until stage 9
-   existed): stage 3 widened to
-   ``dim_x`` 10 and fine-tuned for 36000 steps (lr 4e-4, seed 2) on d in 4..10 with the same
-   mixed prior. Stages 4 and 5 both start from stage 3's final weights: run them as two
-   processes.
+   existed): stage 3 widened to ``dim_x`` 10 and fine-tuned for 36000 steps (lr 4e-4, seed 2)
+   on d in 4..10 with the same mixed prior. Stages 4 and 5 both start from stage 3's final
+   weights: run them as two processes.
 6. ``bo-d36-near`` (shipped as ``bo-d3-6-near``, the default for d = 3..6): stage 4 fine-tuned
    for 36000 steps (lr 4e-4, seed 3) on the same mixed prior with ``near_share`` 0.5: half the
    target points sit next to a random context point, so the loss teaches the predictive at and
@@ -134,6 +133,7 @@ def stages(
         seed: int,
         start: str = "bo-d36",
         model: dict | None = None,
+        eval_every: int = 2000,
         **options,
     ) -> TrainConfig:
         """Stage ``start``'s final weights (widened to ``max_dim`` inputs, with the ``model``
@@ -147,16 +147,15 @@ def stages(
             eval_batches=eval_batches or 30,
             checkpoint_every=500,
             seed=seed,
-            **{**base, "lr": 4e-4, "eval_every": steps(2000)},
+            **{**base, "lr": 4e-4, "eval_every": steps(eval_every)},
         )
 
     d36_short = fine_tune(2, 6, 46000, seed=1)
     d710_short = fine_tune(4, 10, 36000, seed=2)
     d36_near = fine_tune(2, 6, 36000, seed=3, start="bo-d36-short", **NEAR)
-    d36_reg = fine_tune(2, 6, 25000, seed=5, start="bo-d36-near", model=REGRESSION, **NEAR)
-    d36_reg.eval_every = steps(2500)
-    d710_reg = fine_tune(4, 10, 22000, seed=7, start="bo-d710-short", model=REGRESSION, **NEAR)
-    d710_reg.eval_every = steps(2500)
+    reg = dict(model=REGRESSION, eval_every=2500, **NEAR)  # stages 7, 9: the memory added
+    d36_reg = fine_tune(2, 6, 25000, seed=5, start="bo-d36-near", **reg)
+    d710_reg = fine_tune(4, 10, 22000, seed=7, start="bo-d710-short", **reg)
     d2_reg = replace(
         d2,
         steps=steps(16000),
