@@ -268,11 +268,13 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
     allowed = {"dim_x": net.cfg.dim_x}
     if not source.cfg.regression_features:  # a regression memory may be added
         allowed.update({k: getattr(net.cfg, k) for k in _REGRESSION_FIELDS})
+    if not source.cfg.polynomial_memory:  # and a polynomial one (no weights of its own)
+        allowed["polynomial_memory"] = net.cfg.polynomial_memory
     if source.arch != net.arch or replace(source.cfg, **allowed) != net.cfg:
         raise ValueError(
             f"--init-from {cfg.init_from} holds a {source.arch} network with {source.cfg}, but "
             f"this run builds a {net.arch} network with {net.cfg}; pass the same --arch/--model "
-            "(only dim_x may grow, and a regression memory may be added)"
+            "(only dim_x may grow, and regression or polynomial memories may be added)"
         )
     if source.cfg.dim_x > net.cfg.dim_x:
         raise ValueError(
@@ -307,8 +309,8 @@ def widen_inputs(
     ``target``'s freshly drawn rows of the Fourier matrix; every other weight is copied. A
     network trained on d <= 2 thus starts a run on larger d from what it has learned (``dim_x``:
     the target's input dimension; ``None`` when no regression memory is added). A
-    regression memory new to the target (``cmanp_bo.nn.regression``) keeps its fresh
-    initialisation, and its readout enters the query embedder through zero weights, so the
+    regression or polynomial memory new to the target (``cmanp_bo.nn.regression``) keeps its
+    fresh initialisation, and its readout enters the query embedder through zero weights, so the
     widened network predicts exactly what the source did.
     """
     d_old = source_cfg.dim_x

@@ -17,7 +17,14 @@ from torch import Tensor, nn
 from cmanp_bo.nn.attention import AttentionStats
 from cmanp_bo.nn.layers import CrossAttentionLayer, SelfAttentionLayer
 from cmanp_bo.nn.process import NeuralProcess, broadcast_batch, check_finite
-from cmanp_bo.nn.regression import MIN_NOISE, RegressionMemory, RegressionStats, readout_width
+from cmanp_bo.nn.regression import (
+    MIN_NOISE,
+    POLY_READOUT_WIDTH,
+    PolynomialMemory,
+    RegressionMemory,
+    RegressionStats,
+    readout_width,
+)
 
 
 @dataclass
@@ -52,6 +59,10 @@ class CMANPConfig:
             (``banks x (m^2 + m) + 1`` numbers per task).
         regression_lengthscales: one RBF lengthscale (units of x) per regression bank.
         regression_noise: initial noise variance of every bank (trained; frame units).
+        polynomial_memory: add a model-averaged Bayesian quadratic regression over the context
+            whose per-target mean, function std and noise std are fed to the query embedder
+            (CMANP only; ``cmanp_bo.nn.regression.PolynomialMemory``). Its statistics join the
+            context state (``m^2 + m + 1`` numbers per task, ``m = 1 + d + d (d + 1) / 2``).
     """
 
     dim_x: int = 1
@@ -71,6 +82,7 @@ class CMANPConfig:
     regression_features: int = 0
     regression_lengthscales: tuple[float, ...] = (0.15, 0.4, 1.2, 4.0)
     regression_noise: float = 1e-2
+    polynomial_memory: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -124,6 +136,11 @@ class CMANPConfig:
                 "CMANPConfig.regression_lengthscales must be a non-empty list of positive "
                 f"numbers, got {self.regression_lengthscales!r}"
             )
+        if not isinstance(self.polynomial_memory, bool):
+            raise ValueError(
+                "CMANPConfig.polynomial_memory must be true or false, got "
+                f"{self.polynomial_memory!r}"
+            )
         if not self.regression_noise > MIN_NOISE:
             raise ValueError(
                 f"CMANPConfig.regression_noise must be > {MIN_NOISE}, got {self.regression_noise!r}"
@@ -136,7 +153,8 @@ class CMANPConfig:
 @dataclass(frozen=True, eq=False)
 class ContextState:
     """The absorbed context: per CMAB, the softmax statistics of its context cross-attention, and
-    the regression statistics when the network has a ``RegressionMemory``.
+    the regression statistics when the network has a ``RegressionMemory`` (``regression``) or a
+    ``PolynomialMemory`` (``polynomial``).
 
     An immutable value. ``update`` returns a new state; the old one stays valid. Its size depends
     on the architecture and the batch shape only, never on ``num_points``.
@@ -145,6 +163,7 @@ class ContextState:
     layers: tuple[AttentionStats, ...]
     num_points: int
     regression: RegressionStats | None = None
+    polynomial: RegressionStats | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -161,7 +180,9 @@ class ContextState:
 
     def tensors(self) -> list[Tensor]:
         out = [t for s in self.layers for t in (s.log_norm, s.output)]
-        return out + (self.regression.tensors() if self.regression is not None else [])
+        for memory in (self.regression, self.polynomial):
+            out += memory.tensors() if memory is not None else []
+        return out
 
     def expand(self, batch_shape: torch.Size | tuple[int, ...]) -> ContextState:
         """The same context broadcast to ``batch_shape`` (a view; no copy)."""
@@ -170,6 +191,7 @@ class ContextState:
             tuple(s.expand(batch_shape) for s in self.layers),
             self.num_points,
             self.regression.expand(batch_shape) if self.regression is not None else None,
+            self.polynomial.expand(batch_shape) if self.polynomial is not None else None,
         )
 
 
@@ -233,18 +255,25 @@ class CMANP(NeuralProcess):
             if cfg.regression_features
             else None
         )
+        self.polynomial = PolynomialMemory(cfg.dim_x) if cfg.polynomial_memory else None
 
     @classmethod
     def query_extra_width(cls, cfg: CMANPConfig) -> int:
-        return readout_width(len(cfg.regression_lengthscales)) if cfg.regression_features else 0
+        width = readout_width(len(cfg.regression_lengthscales)) if cfg.regression_features else 0
+        return width + (POLY_READOUT_WIDTH if cfg.polynomial_memory else 0)
 
     def _query_inputs(self, state: ContextState, x: Tensor) -> Tensor:
-        features = self._features(x)
-        if self.regression is None:
-            return features
-        readout = self.regression.readout(state.regression, state.num_points, x, state._cache)
-        batch = torch.broadcast_shapes(features.shape[:-1], readout.shape[:-1])
-        return torch.cat([features.expand(*batch, -1), readout.expand(*batch, -1)], dim=-1)
+        parts = [self._features(x)]  # then the readouts, in the order of query_extra_width
+        for memory, stats in (
+            (self.regression, state.regression),
+            (self.polynomial, state.polynomial),
+        ):
+            if memory is not None:
+                parts.append(memory.readout(stats, state.num_points, x, state._cache))
+        if len(parts) == 1:
+            return parts[0]
+        batch = torch.broadcast_shapes(*(t.shape[:-1] for t in parts))
+        return torch.cat([t.expand(*batch, -1) for t in parts], dim=-1)
 
     # ----------------------------------------------------------------------------- context
     def encode(self, x: Tensor, y: Tensor, block_size: int | None = None) -> ContextState:
@@ -269,10 +298,12 @@ class CMANP(NeuralProcess):
         if not streamed:
             tokens = self._context_tokens(x, y, batch_shape)
             layers = tuple(blk.context_stats(tokens) for blk in self.encoder)
-            regression = None
+            regression = polynomial = None
             if self.regression is not None:
                 regression = self.regression.stats(x, y, batch_shape)
-            return ContextState(layers, n, regression)
+            if self.polynomial is not None:
+                polynomial = self.polynomial.stats(x, y, batch_shape)
+            return ContextState(layers, n, regression, polynomial)
         state = self.empty_state(batch_shape)
         for start in range(0, n, block_size):
             xb, yb = x[..., start : start + block_size, :], y[..., start : start + block_size, :]
@@ -287,10 +318,12 @@ class CMANP(NeuralProcess):
     ) -> ContextState:
         tokens = self._context_tokens(x, y, batch_shape)
         layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, state.layers))
-        regression = None
+        regression = polynomial = None
         if self.regression is not None:  # batch shapes broadcast inside (fantasies share gram)
             regression = self.regression.absorb(state.regression, x, y)
-        return ContextState(layers, state.num_points + x.shape[-2], regression)
+        if self.polynomial is not None:
+            polynomial = self.polynomial.absorb(state.polynomial, x, y)
+        return ContextState(layers, state.num_points + x.shape[-2], regression, polynomial)
 
     def empty_state(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> ContextState:
         """The state of no context at all (predictions are then the prior's).
@@ -303,10 +336,12 @@ class CMANP(NeuralProcess):
             blk.read.attn.empty_stats(blk.read.norm_q(blk.block_latents)).expand(batch_shape)
             for blk in self.encoder
         )
-        regression = None
+        regression = polynomial = None
         if self.regression is not None:
             regression = self.regression.empty(batch_shape)
-        return ContextState(layers, 0, regression)
+        if self.polynomial is not None:
+            polynomial = self.polynomial.empty(batch_shape)
+        return ContextState(layers, 0, regression, polynomial)
 
     def update(self, state: ContextState, x: Tensor, y: Tensor) -> ContextState:
         """Return a new state that also holds ``(x, y)``; the input state is not modified.
@@ -334,12 +369,16 @@ class CMANP(NeuralProcess):
             )
         if state.dtype != self.dtype:
             raise TypeError(f"state has dtype {state.dtype} but the network is {self.dtype}")
-        if (state.regression is None) != (self.regression is None):
-            raise ValueError(
-                "state and network disagree on the regression memory "
-                f"(state has {'none' if state.regression is None else 'one'}, the network "
-                f"{'none' if self.regression is None else 'one'})"
-            )
+        for name, stats, memory in (
+            ("regression memory", state.regression, self.regression),
+            ("polynomial memory", state.polynomial, self.polynomial),
+        ):
+            if (stats is None) != (memory is None):
+                raise ValueError(
+                    f"state and network disagree on the {name} "
+                    f"(state has {'none' if stats is None else 'one'}, the network "
+                    f"{'none' if memory is None else 'one'})"
+                )
 
     def latents(self, state: ContextState) -> list[Tensor]:
         """Output latents of every CMAB (``batch_shape x num_latents x d_model`` each).
