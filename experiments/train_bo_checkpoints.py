@@ -4,7 +4,7 @@
     python experiments/train_bo_checkpoints.py --out runs/bo-chain --scale 3  # 3x the steps (GPU)
     python experiments/train_bo_checkpoints.py --out runs/tnp-chain --arch tnp --stage 1 --stage 2
 
-The recipe is a chain of nine resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
+The recipe is a chain of eleven resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
 
 1. ``d2-start``: a fresh network (d_model 64, 3 CMABs, 32 latents, 32 Fourier features, joint
    head) on the BO prior restricted to d <= 2, ``dim_x`` 2, 4000 steps. On d <= 2 the network
@@ -45,6 +45,12 @@ The recipe is a chain of nine resumable ``cmanp_bo.train`` runs, each in ``OUT/<
    regression memory added, 22000 steps (lr 4e-4, seed 7) on stage 5's prior with
    ``near_share`` 0.5 (stage 6's near targets, which stage 5 never had). It is independent of
    stages 6 to 8.
+10. ``bo-d36-poly``: stage 7 with the polynomial memory added
+    (``cmanp_bo.nn.regression.PolynomialMemory``: a model-averaged Bayesian quadratic
+    regression over the context, no weights of its own; its readout enters through zero
+    weights), 14000 steps (lr 4e-4, seed 8) on stage 7's prior.
+11. ``bo-d710-poly``: stage 9 with the polynomial memory added, 14000 steps (lr 4e-4, seed 9) on
+    stage 9's prior. Stages 10 and 11 are independent: run them as two processes.
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
@@ -82,6 +88,7 @@ SNAPSHOT_STEP = 4500  # stage 3 starts from stage 2's weights here
 SHORT = {"short_share": 0.5}  # stages 4, 5: half the tasks with lengthscales / 16 (the default)
 NEAR = {"near_share": 0.5}  # stage 6: half the targets next to a context point
 REGRESSION = {"regression_features": 64}  # stages 7, 8: add the regression memory
+POLYNOMIAL = {**REGRESSION, "polynomial_memory": True}  # stages 10, 11: add the quadratic one
 
 
 def stages(
@@ -156,6 +163,9 @@ def stages(
     reg = dict(model=REGRESSION, eval_every=2500, **NEAR)  # stages 7, 9: the memory added
     d36_reg = fine_tune(2, 6, 25000, seed=5, start="bo-d36-near", **reg)
     d710_reg = fine_tune(4, 10, 22000, seed=7, start="bo-d710-short", **reg)
+    poly = dict(model=POLYNOMIAL, eval_every=2000, **NEAR)  # stages 10, 11
+    d36_poly = fine_tune(2, 6, 14000, seed=8, start="bo-d36-reg", **poly)
+    d710_poly = fine_tune(4, 10, 14000, seed=9, start="bo-d710-reg", **poly)
     d2_reg = replace(
         d2,
         steps=steps(16000),
@@ -177,6 +187,8 @@ def stages(
         7: ("bo-d36-reg", d36_reg, None),
         8: ("bo-d2-reg", d2_reg, None),
         9: ("bo-d710-reg", d710_reg, None),
+        10: ("bo-d36-poly", d36_poly, None),
+        11: ("bo-d710-poly", d710_poly, None),
     }
 
 

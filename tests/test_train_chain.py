@@ -37,6 +37,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "7"])
     with pytest.raises(SystemExit, match="run stage 5 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "9"])
+    with pytest.raises(SystemExit, match="run stage 9 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "11"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -73,8 +75,18 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     assert reg710["config"]["dim_x"] == 10 and reg710["config"]["regression_features"] == 64
     assert "'short_share': 0.5" in reg710["prior"] and "'near_share': 0.5" in reg710["prior"]
     assert "'min_dim': 4" in reg710["prior"] and reg710["seed"] == 7
+    poly36, poly710 = (
+        read_card(tmp_path / s / "model.pt") for s in ("bo-d36-poly", "bo-d710-poly")
+    )
+    assert poly36["init_from"].endswith("bo-d36-reg/model.pt") and poly36["seed"] == 8
+    assert poly710["init_from"].endswith("bo-d710-reg/model.pt") and poly710["seed"] == 9
+    for card, dim_x in ((poly36, 6), (poly710, 10)):  # stages 10, 11: the quadratic memory added
+        assert card["steps"] == 14 and card["config"]["dim_x"] == dim_x
+        assert card["config"]["polynomial_memory"] is True
+        assert card["config"]["regression_features"] == 64
+        assert "'short_share': 0.5" in card["prior"] and "'near_share': 0.5" in card["prior"]
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 9
+    assert capsys.readouterr().out.count(": finished,") == 11
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
