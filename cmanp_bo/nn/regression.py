@@ -225,9 +225,9 @@ class PolynomialMemory(nn.Module):
     (``m = 1 + d + d (d + 1) / 2``; ``r = interaction``), the weights ``w ~ N(0, s I)`` and the
     noise variance ``lam``. The functions of BoTorch's lengthscale hyperprior are long compared with
     the cube (median 4-13 times its side for d = 2..10), so over the cube most are close to a
-    quadratic; a standalone version of this readout scored 0.2-0.8 nats per point above the
-    shipped networks at d = 6..10 and n >= 64 on held-out prior tasks (the model card of a
-    network that uses it has the figures). The settings ``(s, lam)`` share one statistic
+    quadratic; on its own this readout scores 0.1-0.7 nats per point above the networks
+    trained without it at d = 6..10 and n >= 64 on held-out prior tasks
+    (experiments/polynomial_baseline.py). The settings ``(s, lam)`` share one statistic
     ``G = sum phi phi^T``, ``M = sum phi y``, ``sum y^2``: with ``rho = lam / s``
 
         mean = phi^T (G + rho I)^{-1} M,    var_f = lam phi^T (G + rho I)^{-1} phi,
