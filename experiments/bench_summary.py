@@ -44,8 +44,16 @@ def _db(suite: str) -> sqlite3.Connection | None:
 
 # fine-tunes of bo-d3-6 benchmarked on the standard suite's d = 3..6 problems, one database each
 # (bo-d3-6-near's runs are also merged into the standard database: it is the d = 3..6 default)
-ALTERNATIVES = ("standard_bo_d3_6_mixed", "standard_bo_d3_6_near")
-BO_D3_6 = "bo-d3-6@ab6de5b4d773"  # the d = 3..6 default until bo-d3-6-near, compared against
+BO_D3_6 = "bo-d3-6@ab6de5b4d773"  # the d = 3..6 default until bo-d3-6-near
+BO_D3_6_REG = "bo-d3-6-reg@838a5a6316ca"  # the d = 3..6 default since
+# database -> the standard database's network its cmanp runs are compared with, by seed
+ALTERNATIVES = {
+    "standard_bo_d3_6_mixed": ("versus_bo_d3_6", BO_D3_6),
+    "standard_bo_d3_6_near": ("versus_bo_d3_6", BO_D3_6),
+    "standard_bo_d3_6_poly": ("versus_bo_d3_6_reg", BO_D3_6_REG),
+}
+# opt-in networks on the long suite, each in its own database with gp's runs copied in
+LONG_ALTERNATIVES = ("long_poly",)
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
 PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
@@ -263,14 +271,18 @@ def main() -> None:
         if suite == "indist":
             summary["indist_boundary_share_by_dim"] = by_dim
     standard = dbs["standard"]
-    for alt in ALTERNATIVES:  # opt-in d = 3..6 networks, each benchmarked in its own database
+    for alt, (key, network) in ALTERNATIVES.items():  # opt-in d = 3..6 networks
         db = _db(alt)
         if db is not None and standard is not None:
             summary[alt] = {
                 "versus": versus(db),
-                "versus_bo_d3_6": versus_db(db, standard, reference_network=BO_D3_6),
+                key: versus_db(db, standard, reference_network=network),
                 "boundary_share_by_dim": boundary_share(db)[1],
             }
+    for alt in LONG_ALTERNATIVES:
+        db = _db(alt)
+        if db is not None:
+            summary[alt] = {"profile": long_profile(db), "reach_gp_final": reach_gp_final(db)}
     if standard is not None:
         summary["standard_cmanp_versus_previous_defaults"] = {
             name: versus_db(standard, standard, reference_network=network)
