@@ -99,6 +99,20 @@ def _absorb_features(stats: RegressionStats, phi: Tensor, y: Tensor) -> Regressi
     return RegressionStats(stats.gram + gram, stats.moment + moment, stats.sq_sum + sq)
 
 
+def _cached_posterior(
+    memory: nn.Module, name: str, stats: RegressionStats, num_points: int, cache: dict | None
+) -> tuple[Tensor, ...]:
+    """``memory._posterior(stats, num_points)``, kept in ``cache`` (the state's) when nothing in
+    it needs gradients, so repeated predictions on one context factor it once."""
+    key = (name, id(memory))
+    post = cache.get(key) if cache is not None else None
+    if post is None:
+        post = memory._posterior(stats, num_points)
+        if cache is not None and not any(t.requires_grad for t in post):
+            cache[key] = post
+    return post
+
+
 class RegressionMemory(nn.Module):
     """Banks of random-Fourier-feature Bayesian linear regressions over the context.
 
@@ -183,13 +197,7 @@ class RegressionMemory(nn.Module):
             x: ``batch_shape' x n x dim_x`` targets.
             cache: where to keep the context-only factors between calls (inference).
         """
-        key = ("regression", id(self))
-        post = cache.get(key) if cache is not None else None
-        if post is None:
-            post = self._posterior(stats, num_points)
-            if cache is not None and not any(t.requires_grad for t in post):
-                cache[key] = post
-        lam, chol, alpha, log_w = post
+        lam, chol, alpha, log_w = _cached_posterior(self, "regression", stats, num_points, cache)
         phi = self.features(x)  # batch x banks x n x m
         mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)  # batch x banks x n
         half = torch.linalg.solve_triangular(chol, phi.transpose(-1, -2), upper=False)
@@ -317,13 +325,7 @@ class PolynomialMemory(nn.Module):
         """Per-target ``batch_shape x n x 3``: the model-averaged mean, log std of the function
         and log std of the noise, in ``x``'s dtype (a target's features depend on its own input
         and the context only)."""
-        key = ("polynomial", id(self))
-        post = cache.get(key) if cache is not None else None
-        if post is None:
-            post = self._posterior(stats, num_points)
-            if cache is not None and not any(t.requires_grad for t in post):
-                cache[key] = post
-        chol, alpha, log_w = post
+        chol, alpha, log_w = _cached_posterior(self, "polynomial", stats, num_points, cache)
         phi = self.features(x)  # batch x 1 x n x m
         mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)  # batch x R x n
         half = torch.linalg.solve_triangular(chol, phi.transpose(-1, -2), upper=False)
