@@ -44,6 +44,7 @@ from botorch.utils.datasets import SupervisedDataset
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.models import GP
+from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
 from cmanp_bo.frame import OutcomeFrame
@@ -63,7 +64,7 @@ JITTER = 1e-10
 # How far outside the unit cube (after the input transform) training inputs may lie unwarned.
 UNIT_CUBE_TOLERANCE = 0.1
 # Constructor options that Ax may forward through ``model_options``.
-_MODEL_OPTIONS = ("checkpoint", "rebase_factor", "outcome_frame")
+_MODEL_OPTIONS = ("checkpoint", "rebase_factor", "outcome_frame", "cache_baseline")
 
 
 # ------------------------------------------------------------------------------------ history
@@ -183,6 +184,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
         rebase_factor: float | None = 2.0,
         outcome_frame: OutcomeFrame | None = None,
         state_cache: StateCache | None = None,
+        cache_baseline: bool = True,
     ) -> None:
         r"""
         Args:
@@ -209,6 +211,14 @@ class CMANPModel(Model, FantasizeMixin, GP):
                 absorbed into the cache, only the points after it are embedded; the frame
                 then follows a fixed schedule (see ``StateCache``). Used for unbatched data
                 without an explicit ``outcome_frame`` only.
+            cache_baseline: treat an acquisition's baseline as constants. In a joint posterior
+                over a batch (two or more elements) whose leading points are the same observed
+                inputs in every element (``[X_baseline, X]`` in qLogNEI and the other noisy-EI
+                acquisitions), those points are decoded and their covariance factorised once
+                per model, and the posterior (``PrefixRootPosterior``) draws samples blockwise.
+                Values are those of the full computation up to rounding; no gradient flows to
+                those points (none is wanted: the baseline is fixed). ``False``: compute
+                everything at every call.
         """
         super().__init__()
         train_X, train_Y = _validate_data(train_X, train_Y, "train_X", "train_Y")
@@ -237,6 +247,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
         object.__setattr__(self, "_net", net)
         self._dim = train_X.shape[-1]
         self._rebase_factor = rebase_factor
+        self._cache_baseline = bool(cache_baseline)
         self.likelihood = GaussianLikelihood()  # placeholder so a user's ExactMarginalLogLikelihood
         self.likelihood.requires_grad_(False)  # builds; the noise comes from the network
         if input_transform is not None:
@@ -256,6 +267,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
             #: Points pushed through the network to build this model (all of them without a
             #: cache; only those not yet absorbed with one).
             self.num_embedded = X.shape[-2]
+        self._reset_prefix_cache()
         self.to(train_X)
 
     # -------------------------------------------------------------------------------- basics
@@ -355,7 +367,14 @@ class CMANPModel(Model, FantasizeMixin, GP):
             ) from None
         X_tf = self.transform_inputs(X)
         Z = self._pad(X_tf.to(torch.float64))
-        mean, cov, noise_var = self._frame_moments(Z, independent)
+        k = 0
+        if self._cache_baseline and observation_noise is False and not independent:
+            k = self._constant_prefix(Z)
+        root = None
+        if k:
+            mean, cov, noise_var, root = self._prefix_moments(Z, k)
+        else:
+            mean, cov, noise_var = self._frame_moments(Z, independent)
         # From network units to outcome-transformed units.
         shift, scale = self._frame.mean[..., None], self._frame.std[..., None]
         mean = shift + scale * mean
@@ -371,12 +390,66 @@ class CMANPModel(Model, FantasizeMixin, GP):
             raise UnsupportedError(
                 f"observation_noise must be a bool or a Tensor, got {type(observation_noise)}"
             )
-        posterior = GPyTorchPosterior(MultivariateNormal(mean.to(X.dtype), cov.to(X.dtype)))
+        mvn = MultivariateNormal(mean.to(X.dtype), cov.to(X.dtype))
+        if root is not None:  # one output, unbatched frame: its scale is a scalar
+            posterior = PrefixRootPosterior(mvn, (root * scale.reshape(())).to(X.dtype))
+        else:
+            posterior = GPyTorchPosterior(mvn)
         if hasattr(self, "outcome_transform"):
             posterior = self.outcome_transform.untransform_posterior(posterior, X=X_tf)
         if posterior_transform is not None:
             return posterior_transform(posterior=posterior, X=X_tf)
         return posterior
+
+    # ------------------------------------------------------------------- constant prefix
+    def _reset_prefix_cache(self) -> None:
+        self._observed_keys: frozenset[bytes] | None = None
+        self._prefix_cache: tuple[bytes, Tensor, Tensor] | None = None
+
+    def _constant_prefix(self, Z: Tensor) -> int:
+        """How many leading columns of ``Z`` are constants: the same observed input in every
+        batch element (at least two), followed by at least one column that is not.
+
+        That is the layout of every noisy-EI style acquisition (``X_full = [X_baseline, X]``
+        with ``X_baseline`` among the observed points). Such columns are treated as constants:
+        their head outputs and the Cholesky factor of their covariance are computed once per
+        model (``_prefix_moments``), and no gradient flows to them.
+        """
+        if not self._net.cfg.joint_head or Z.dim() < 3 or len(self._state.batch_shape):
+            return 0
+        if self._frame.std.numel() != 1:
+            return 0
+        flat = Z.detach().reshape(-1, *Z.shape[-2:])
+        if flat.shape[0] < 2:
+            return 0
+        shared = (flat == flat[:1]).all(-1).all(0)
+        if shared.all() or not shared[0]:
+            return 0
+        k = int((~shared).int().argmax())  # the first column that differs across the batch
+        if self._observed_keys is None:
+            rows = torch.cat([x.reshape(-1, x.shape[-1]) for x, _ in self._history.chunks()])
+            self._observed_keys = frozenset(r.tobytes() for r in rows.cpu().numpy())
+        prefix = flat[0, :k].cpu().numpy()
+        return k if all(r.tobytes() in self._observed_keys for r in prefix) else 0
+
+    def _prefix_moments(self, Z: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``_frame_moments`` for a ``Z`` whose first ``k`` columns are constants
+        (``_constant_prefix``), plus the Cholesky factor of their ``k x k`` covariance."""
+        net, state = self._net, self._state
+        prefix = Z.detach().reshape(-1, *Z.shape[-2:])[0, :k]
+        key = prefix.cpu().numpy().tobytes()
+        if self._prefix_cache is None or self._prefix_cache[0] != key:
+            with torch.no_grad():
+                out_c = net.head_outputs(state, prefix)
+                _, cov_c, _ = net.moments_from_outputs(out_c)
+                cov_c = cov_c + torch.diag_embed(JITTER * torch.diagonal(cov_c))
+                self._prefix_cache = (key, out_c, psd_safe_cholesky(cov_c))
+        _, out_c, root_c = self._prefix_cache
+        out_r = net.head_outputs(state, Z[..., k:, :])
+        out = torch.cat([out_c.expand(*out_r.shape[:-2], *out_c.shape), out_r], dim=-2)
+        mean, cov, noise_var = net.moments_from_outputs(out)
+        f_var = torch.diagonal(cov, dim1=-2, dim2=-1)
+        return mean, cov + torch.diag_embed(JITTER * f_var), noise_var, root_c
 
     def _frame_moments(self, Z: Tensor, independent: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, function covariance and noise variance in network units.
@@ -470,6 +543,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
         }
         new._state, new._frame, new._history = state, frame, history
         new.num_embedded = embedded
+        new._reset_prefix_cache()
         return new
 
     # -------------------------------------------------------------------------------- helpers
@@ -489,6 +563,51 @@ class CMANPModel(Model, FantasizeMixin, GP):
             Y, _ = self.outcome_transform(Y)
         _validate_finite(Y, "Y after the outcome transform")
         return Y
+
+
+# ------------------------------------------------------------------------------ posterior
+class PrefixRootPosterior(GPyTorchPosterior):
+    r"""A ``GPyTorchPosterior`` whose first ``k`` points are constants with a known Cholesky
+    factor ``L11`` of their covariance (``k = L11.shape[-1]``; ``CMANPModel`` returns one for
+    an acquisition's baseline).
+
+    Samples from base samples ``z = [z1, z2]`` are drawn blockwise with the Cholesky factor of
+    the whole covariance, ``[[L11, 0], [L21, L22]]`` with ``L21 = C21 L11^-T`` and
+    ``L22 = chol(C22 - L21 L21^T)``: the same factor a dense Cholesky gives, so the samples are
+    the same, but each call factorises only the ``q x q`` block of the remaining points, and
+    gradients flow through ``C21``, ``C22`` and their mean only. Everything else (mean,
+    variance, ``distribution``) is the plain ``GPyTorchPosterior``.
+    """
+
+    def __init__(self, distribution: MultivariateNormal, prefix_root: Tensor) -> None:
+        super().__init__(distribution)
+        self.prefix_root = prefix_root
+
+    def rsample_from_base_samples(self, sample_shape: torch.Size, base_samples: Tensor) -> Tensor:
+        if base_samples.shape[: len(sample_shape)] != sample_shape:
+            raise RuntimeError(
+                "`sample_shape` disagrees with shape of `base_samples`. "
+                f"Got {sample_shape=} and {base_samples.shape=}."
+            )
+        mvn, L11 = self.distribution, self.prefix_root
+        k, loc, cov = L11.shape[-1], mvn.loc, mvn.covariance_matrix
+        z = base_samples.reshape(*base_samples.shape[: base_samples.dim() - loc.dim()], *loc.shape)
+        c21, c22 = cov[..., k:, :k], cov[..., k:, k:]
+        L21 = torch.linalg.solve_triangular(L11, c21.transpose(-1, -2), upper=False)
+        L21 = L21.transpose(-1, -2)
+        L22 = psd_safe_cholesky(c22 - L21 @ L21.transpose(-1, -2))
+        z1, z2 = z[..., :k], z[..., k:]
+        batch_dims = tuple(range(z.dim() - loc.dim(), z.dim() - 1))
+        first = z1[(..., *([slice(0, 1)] * len(batch_dims)), slice(None))]
+        if batch_dims and torch.equal(z1, first.expand_as(z1)):
+            # The samplers expand base samples over the t-batch: the prefix's samples (the
+            # costly k x k product) are then the same in every batch element.
+            first_loc = loc[(*([slice(0, 1)] * len(batch_dims)), slice(0, k))]
+            s1 = (first_loc + first @ L11.transpose(-1, -2)).expand_as(z1)
+        else:
+            s1 = loc[..., :k] + z1 @ L11.transpose(-1, -2)
+        s2 = loc[..., k:] + (L21 @ z1.unsqueeze(-1) + L22 @ z2.unsqueeze(-1)).squeeze(-1)
+        return torch.cat([s1, s2], dim=-1).unsqueeze(-1)
 
 
 # ------------------------------------------------------------------------------------ cache

@@ -24,8 +24,8 @@ SOURCES = {
     2: ("prior_fit_bo_d1_2_reg.json", "bo-d1-2-reg"),
     4: ("prior_fit_bo_d3_6_reg.json", "bo-d3-6-reg"),
     6: ("prior_fit_bo_d3_6_reg.json", "bo-d3-6-reg"),
-    8: ("prior_fit_bo_d7_10_reg.json", "bo-d7-10-reg"),
-    10: ("prior_fit_bo_d7_10_reg.json", "bo-d7-10-reg"),
+    8: ("prior_fit_bo_d7_10_poly.json", "bo-d7-10-poly"),
+    10: ("prior_fit_bo_d7_10_poly.json", "bo-d7-10-poly"),
 }
 
 

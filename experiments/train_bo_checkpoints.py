@@ -41,16 +41,17 @@ The recipe is a chain of eleven resumable ``cmanp_bo.train`` runs, each in ``OUT
 8. ``bo-d2-reg`` (shipped as ``bo-d1-2-reg``): stage 2 with the regression memory added, 16000
    steps (lr 4e-4, seed 6) on stage 2's prior. Stages 7 and 8 are independent: run them as two
    processes. The neural peers have no regression memory: they stop at stage 2.
-9. ``bo-d710-reg`` (shipped as ``bo-d7-10-reg``, the default for d = 7..10): stage 5 with the
-   regression memory added, 22000 steps (lr 4e-4, seed 7) on stage 5's prior with
+9. ``bo-d710-reg`` (shipped as ``bo-d7-10-reg``, the d = 7..10 default until stage 11): stage 5
+   with the regression memory added, 22000 steps (lr 4e-4, seed 7) on stage 5's prior with
    ``near_share`` 0.5 (stage 6's near targets, which stage 5 never had). It is independent of
    stages 6 to 8.
-10. ``bo-d36-poly``: stage 7 with the polynomial memory added
-    (``cmanp_bo.nn.regression.PolynomialMemory``: a model-averaged Bayesian quadratic
+10. ``bo-d36-poly`` (shipped as the opt-in ``bo-d3-6-poly``): stage 7 with the polynomial
+    memory added (``cmanp_bo.nn.regression.PolynomialMemory``: a model-averaged Bayesian quadratic
     regression over the context, no weights of its own; its readout enters through zero
     weights), 14000 steps (lr 4e-4, seed 8) on stage 7's prior.
-11. ``bo-d710-poly``: stage 9 with the polynomial memory added, 14000 steps (lr 4e-4, seed 9) on
-    stage 9's prior. Stages 10 and 11 are independent: run them as two processes.
+11. ``bo-d710-poly`` (shipped as ``bo-d7-10-poly``, the default for d = 7..10): stage 9 with
+    the polynomial memory added, 14000 steps (lr 4e-4, seed 9) on stage 9's prior. Stages 10
+    and 11 are independent: run them as two processes.
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count

@@ -134,13 +134,23 @@ class NeuralProcessSurrogate(Surrogate):
 
     The model is built once from the initial design and then absorbs each new point with
     ``condition_on_observations`` (constant cost for CMANP; the peers re-encode their context).
+    ``cache_baseline`` is ``CMANPModel``'s (qLogNEI's baseline decoded and factorised once per
+    step).
     """
 
     name = "cmanp"
 
-    def __init__(self, dim: int, seed: int, acquisition=None, checkpoint="default") -> None:
+    def __init__(
+        self,
+        dim: int,
+        seed: int,
+        acquisition=None,
+        checkpoint="default",
+        cache_baseline: bool = True,
+    ) -> None:
         super().__init__(dim, seed, acquisition)
         self.checkpoint = checkpoint
+        self.cache_baseline = cache_baseline
         self.model: Model | None = None
         self.seen = 0
 
@@ -150,7 +160,9 @@ class NeuralProcessSurrogate(Surrogate):
         if self.model is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # untrained-placeholder notice
-                self.model = CMANPModel(X, -y[:, None], checkpoint=self.checkpoint)
+                self.model = CMANPModel(
+                    X, -y[:, None], checkpoint=self.checkpoint, cache_baseline=self.cache_baseline
+                )
         elif X.shape[0] > self.seen:
             new = slice(self.seen, None)
             self.model = self.model.condition_on_observations(X[new], -y[new, None])
@@ -166,7 +178,9 @@ class PeerSurrogate(NeuralProcessSurrogate):
     dimensions a peer was trained for, and then it fails with the way to pass one.
     """
 
-    def __init__(self, dim: int, seed: int, acquisition=None, checkpoint=None) -> None:
+    def __init__(
+        self, dim: int, seed: int, acquisition=None, checkpoint=None, cache_baseline: bool = True
+    ) -> None:
         if checkpoint is None:
             checkpoint = default_checkpoint(self.name, dim)
         if checkpoint is None:
@@ -176,7 +190,7 @@ class PeerSurrogate(NeuralProcessSurrogate):
                 f"(train one with `python experiments/train_bo_checkpoints.py --arch {self.name} "
                 f"...` or `cmanp-bo train --arch {self.name} ...`)"
             )
-        super().__init__(dim, seed, acquisition, checkpoint)
+        super().__init__(dim, seed, acquisition, checkpoint, cache_baseline)
 
 
 def default_checkpoint(surrogate: str, dim: int) -> str | None:

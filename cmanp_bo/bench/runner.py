@@ -43,6 +43,10 @@ class Suite:
 
 SURROGATES_ALL = ("sobol", "gp", "gp-cheap", "cmanp", "tnp", "lbanp")
 NETWORK_SURROGATES = ("cmanp", "tnp", "lbanp")  # their run keys name the network's weights
+# ... and the revision of the model code where it changed what a run measures. 2 (2026-12-02):
+# CMANPModel caches qLogNEI's baseline (``cache_baseline``): the same proposals up to rounding,
+# cheaper steps, so more evaluations within a wall-clock cap. Keys without it are revision 1.
+MODEL_REVISION = 2
 
 SUITES: dict[str, Suite] = {
     # the README's main job: a few minutes on 2 cores
@@ -81,6 +85,7 @@ def run_keys(
                     if (surrogate, dim) not in networks:
                         networks[surrogate, dim] = _network_identity(surrogate, options, dim)
                     settings["network"] = networks[surrogate, dim]
+                    settings["model_revision"] = MODEL_REVISION
                 keys.append(RunKey.make(suite_name, problem, surrogate, seed, settings))
     return keys
 

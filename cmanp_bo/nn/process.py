@@ -244,7 +244,18 @@ class NeuralProcess(nn.Module):
         """
         if not self.cfg.joint_head:
             raise RuntimeError("this network has no joint head (CMANPConfig.joint_head=False)")
-        out = self._decode(state, x)
+        return self.moments_from_outputs(self._decode(state, x))
+
+    def head_outputs(self, state: Any, x: Tensor) -> Tensor:
+        """The head's raw outputs ``batch_shape x m x num_out`` at the targets ``x``.
+
+        Every target's outputs depend on its own input and the context only, so outputs of
+        different calls can be concatenated and passed to ``moments_from_outputs``.
+        """
+        return self._decode(state, x)
+
+    def moments_from_outputs(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``joint_moments`` from the head outputs (``head_outputs``) of ``m`` targets."""
         mean, f_std, noise_std = self._joint_marginals(out)
         r = self.cfg.joint_rank
         z = out[..., 3 : 3 + r]
