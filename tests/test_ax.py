@@ -336,3 +336,26 @@ def test_noisy_ei_baseline_is_bounded_in_the_loop(monkeypatch):
     assert REVERSE_ACQUISITION_REGISTRY["BoundedBaselineAcquisition"] is (
         cax.BoundedBaselineAcquisition
     )
+
+
+def test_the_acquisition_baseline_is_cached_in_the_loop(monkeypatch):
+    """Ax's qLogNEI evaluates ``[X_baseline, X]`` with the observed points as baseline: the
+    model serves it from its baseline cache (``cache_baseline``), batch after batch."""
+    import cmanp_bo.botorch_model as bm
+
+    prefixes = []
+    real = bm.PrefixRootPosterior.__init__
+
+    def spy(self, distribution, prefix_root):
+        prefixes.append(prefix_root.shape[-1])
+        real(self, distribution, prefix_root)
+
+    monkeypatch.setattr(bm.PrefixRootPosterior, "__init__", spy)
+    client = make_client(init=5)
+    for _ in range(7):
+        step(client)
+    # two CMANP steps (after 5 Sobol trials), each with batched evaluations of raw samples and
+    # restarts; the prefix is the pruned baseline of 5 or 6 observed points
+    assert len(prefixes) >= 4 and all(1 <= k <= 6 for k in prefixes)
+    model = surrogate_model(client)
+    assert isinstance(model, CMANPModel) and model._prefix_cache is not None
