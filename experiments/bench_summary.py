@@ -147,6 +147,50 @@ def reach_gp_final(db: sqlite3.Connection, model: str = "cmanp", reference: str 
     return out
 
 
+def cache_effect(cached: sqlite3.Connection, uncached: sqlite3.Connection) -> dict[str, dict]:
+    """The baseline cache on the long suite, per problem and seed: the current cmanp runs of
+    ``cached`` (``model_revision`` 2) against ``uncached``'s cmanp runs of the same network
+    (revision 1), made with the same settings otherwise. Evaluations within the cap, final
+    regret, and the median step time over the evaluations both runs made."""
+
+    def runs(db: sqlite3.Connection, revision: int) -> dict[tuple[str, int], dict]:
+        out = {}
+        for r in db.execute("SELECT * FROM runs WHERE surrogate='cmanp' ORDER BY id"):
+            settings = json.loads(r["settings"])
+            if settings.get("model_revision", 1) == revision and "network" in settings:
+                out[r["problem"], r["seed"], settings["network"].split(":")[-1]] = dict(r)
+        return out
+
+    current = {r["id"] for r in _current(cached)}
+    new = {k: r for k, r in runs(cached, 2).items() if r["id"] in current}
+    old = runs(uncached, 1)
+    out: dict[str, dict] = {}
+    for (problem, seed, network), run in sorted(new.items()):
+        ref = old.get((problem, seed, network))
+        if ref is None:
+            continue
+        a, b = _steps(cached, run["id"]), _steps(uncached, ref["id"])
+        common = min(len(a), len(b))
+        step_s = [
+            statistics.median(st["surrogate_s"] for st in steps[:common] if st["surrogate_s"] > 0)
+            for steps in (a, b)
+        ]
+        out[f"{problem}/seed{seed}"] = {
+            "network": network,
+            "evaluations": {"cached": len(a), "uncached": len(b)},
+            "final_regret": {
+                "cached": round(a[-1]["regret"], 4),
+                "uncached": round(b[-1]["regret"], 4),
+            },
+            "median_s_per_step_over_common_evaluations": {
+                "cached": round(step_s[0], 3),
+                "uncached": round(step_s[1], 3),
+                "evaluations": common,
+            },
+        }
+    return out
+
+
 def best_values(db: sqlite3.Connection) -> dict[str, dict[str, float]]:
     cells: dict[tuple[str, str], list[float]] = {}
     for run in _current(db):
@@ -283,6 +327,8 @@ def main() -> None:
         db = _db(alt)
         if db is not None:
             summary[alt] = {"profile": long_profile(db), "reach_gp_final": reach_gp_final(db)}
+            if dbs["long"] is not None:
+                summary[alt]["long_cache_effect"] = cache_effect(dbs["long"], db)
     if standard is not None:
         summary["standard_cmanp_versus_previous_defaults"] = {
             name: versus_db(standard, standard, reference_network=network)

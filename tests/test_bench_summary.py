@@ -1,0 +1,74 @@
+"""experiments/bench_summary.py: the long-suite comparisons it writes to summary.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+import sys
+from pathlib import Path
+
+from cmanp_bo.bench.store import ResultStore, RunKey
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _load():
+    sys.path.insert(0, str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location("bench_summary", EXPERIMENTS / "bench_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _add(store: ResultStore, surrogate: str, seed: int, settings: dict, regrets, step_s, wall):
+    key = RunKey.make("long", "rosenbrock8", surrogate, seed, settings)
+    n = len(regrets)
+    run = {"dim": 8, "budget": 1000, "num_evals": n, "stopped": "cap", "best_value": regrets[-1]}
+    run |= {"optimal_value": 0.0, "wall_s": wall[-1], "surrogate_s": sum(step_s)}
+    run |= {"peak_rss_mb": None, "hardware": "test", "finished": "2026-12-02"}
+    steps = [
+        {"step": i + 1, "x": [0.5] * 8, "value": r, "best": r, "regret": r, "score": None}
+        | {"surrogate_s": t, "cum_surrogate_s": 0.0, "cum_wall_s": w, "rss_mb": None}
+        for i, (r, t, w) in enumerate(zip(regrets, step_s, wall, strict=True))
+    ]
+    store.add(key, run, steps)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def test_reach_gp_final_and_the_cache_effect(tmp_path):
+    bs = _load()
+    base = {"acquisition": {}, "budget": None, "options": {}, "time_cap_s": 1200.0}
+    new = {**base, "network": "default:d=8:bo-d7-10-poly@aaa", "model_revision": 2}
+    old = {**base, "network": "bo-d7-10-poly@aaa", "options": {"checkpoint": "bo-d7-10-poly"}}
+    long, poly = ResultStore(tmp_path / "long.sqlite"), ResultStore(tmp_path / "poly.sqlite")
+    for store in (long, poly):
+        _add(store, "gp", 0, base, [9.0, 5.0, 4.0, 3.0], [0, 1, 2, 4], [1, 3, 6, 11])
+    _add(long, "cmanp", 0, new, [8.0, 3.0, 2.0, 1.0, 0.5], [0, 1, 1, 1, 1], [1, 2, 3, 4, 5])
+    _add(poly, "cmanp", 0, old, [8.0, 4.0, 3.0], [0, 3, 5], [1, 4, 9])
+    _add(poly, "cmanp", 1, old, [8.0, 4.0], [0, 3], [1, 4])  # no cached run: not paired
+    long.close(), poly.close()
+    cached, uncached = _open(tmp_path / "long.sqlite"), _open(tmp_path / "poly.sqlite")
+    reach = bs.reach_gp_final(cached)["rosenbrock8/seed0"]
+    assert reach["gp_final_regret"] == 3.0 and reach["gp_reached_at"] == {
+        "evaluation": 4,
+        "wall_s": 11.0,
+    }
+    assert reach["cmanp_reached_at"] == {"evaluation": 2, "wall_s": 2.0}
+    assert reach["ratio"] == round(2 / 11, 4)
+    effect = bs.cache_effect(cached, uncached)
+    assert list(effect) == ["rosenbrock8/seed0"]
+    e = effect["rosenbrock8/seed0"]
+    assert e["network"] == "bo-d7-10-poly@aaa"
+    assert e["evaluations"] == {"cached": 5, "uncached": 3}
+    assert e["final_regret"] == {"cached": 0.5, "uncached": 3.0}
+    # medians over the first 3 evaluations of both, design steps (0 s) left out
+    assert e["median_s_per_step_over_common_evaluations"] == {
+        "cached": 1.0,
+        "uncached": 4.0,
+        "evaluations": 3,
+    }
