@@ -8,7 +8,8 @@ points (untimed), then one ``ask`` on the first n is timed: the model absorbs th
 optimises qLogNEI with the benchmark's long-suite settings (2 restarts, 128 raw samples, 128 MC
 samples). A CMANP with and without the cache proposes the same points up to rounding, so the
 difference is cost alone. Medians over ``--repeats`` (different optimiser seeds); wall and CPU
-seconds.
+seconds, and how many times the optimiser called the acquisition (the step's cost is about
+that count times the cost of one call, and the count varies with the seed).
 
     python experiments/acquisition_cost.py [--sizes 100 200 400] [--repeats 3] [--gp]
 
@@ -60,24 +61,36 @@ def time_step(make, X, y, n: int) -> dict:
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 
     sizes: list[int] = []
-    original = qLogNoisyExpectedImprovement.__init__
+    calls: list[int] = []
+    init, forward = qLogNoisyExpectedImprovement.__init__, qLogNoisyExpectedImprovement.forward
 
-    def recording(self, *args, **kwargs):
-        original(self, *args, **kwargs)
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
         sizes.append(int(self.X_baseline.shape[-2]))
+
+    def recording_forward(self, X):
+        calls.append(X.shape[0] if X.dim() > 2 else 1)
+        return forward(self, X)
 
     surrogate = make()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         surrogate.ask(X[: n - 1], y[: n - 1])
-        qLogNoisyExpectedImprovement.__init__ = recording
+        qLogNoisyExpectedImprovement.__init__ = recording_init
+        qLogNoisyExpectedImprovement.forward = recording_forward
         try:
             wall, cpu = time.perf_counter(), time.process_time()
             surrogate.ask(X[:n], y[:n])
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         finally:
-            qLogNoisyExpectedImprovement.__init__ = original
-    return {"wall_s": wall, "cpu_s": cpu, "pruned_baseline": sizes[-1] if sizes else None}
+            qLogNoisyExpectedImprovement.__init__ = init
+            qLogNoisyExpectedImprovement.forward = forward
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "pruned_baseline": sizes[-1] if sizes else None,
+        "acquisition_calls": len(calls),  # optimiser evaluations (raw samples: one batched call)
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"n={n:5d}  {name:24s} wall {row['median_wall_s']:6.2f} s  "
                 f"cpu {row['median_cpu_s']:6.2f} s  "
-                f"baseline {[r['pruned_baseline'] for r in reps]}",
+                f"baseline {[r['pruned_baseline'] for r in reps]}  "
+                f"acquisition calls {[r['acquisition_calls'] for r in reps]}",
                 flush=True,
             )
     speedups = {}

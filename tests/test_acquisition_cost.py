@@ -60,6 +60,7 @@ def test_times_both_modes_on_the_recorded_points(tmp_path):
     for row in result["rows"]:
         (rep,) = row["repeats"]
         assert rep["wall_s"] > 0 and 1 <= rep["pruned_baseline"] <= 12
+        assert rep["acquisition_calls"] >= 2  # the raw samples, then the optimiser
     assert set(result["speedup_no_cache_over_cache"]) == {12}
     with pytest.raises(SystemExit, match="points"):
         ac.main([*argv[:-2], "--sizes", "40", "--out", str(out)])
