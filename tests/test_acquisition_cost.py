@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from cmanp_bo.bench.store import ResultStore, RunKey
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+from tests.helpers import load_experiment
 
 
 def _load():
-    sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(
-        "acquisition_cost", EXPERIMENTS / "acquisition_cost.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("acquisition_cost")
 
 
 def _recorded_run(db: Path, n: int = 14) -> torch.Tensor:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-import sys
 from pathlib import Path
 
 from cmanp_bo.bench.store import ResultStore, RunKey
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+from tests.helpers import load_experiment
 
 
 def _load():
-    sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location("bench_summary", EXPERIMENTS / "bench_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_summary")
 
 
 def _add(store: ResultStore, surrogate: str, seed: int, settings: dict, regrets, step_s, wall):

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from cmanp_bo.checkpoint import save_checkpoint
 from cmanp_bo.nn import CMANP, CMANPConfig
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+from tests.helpers import load_experiment
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment(name)
 
 
 def test_prior_share_below_is_the_mixture_cdf():
