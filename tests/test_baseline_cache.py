@@ -34,20 +34,30 @@ def _acqf(model: CMANPModel, baseline: torch.Tensor) -> qLogNoisyExpectedImprove
     )
 
 
-def test_batched_acquisition_and_gradients_equal_the_full_computation():
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_acquisition_and_gradients_equal_the_full_computation(seed):
     X, _ = _data()
-    cand = torch.rand(5, 2, 2, dtype=torch.float64, requires_grad=True)  # q = 2 per element
+    g = torch.Generator().manual_seed(seed)
+    cand = torch.rand(5, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)  # q = 2
     got = _acqf(_model(), X)(cand)
     (grad,) = torch.autograd.grad(got.sum(), cand)
     want = _acqf(_model(cache=False), X)(cand)
     (grad_want,) = torch.autograd.grad(want.sum(), cand)
-    # blockwise and whole Cholesky factors differ by rounding, which log-EI far below the
-    # incumbent magnifies (about 1e-8 on values near -10)
-    assert torch.allclose(got, want, atol=1e-9, rtol=1e-7)
-    assert torch.allclose(grad, grad_want, atol=1e-8, rtol=1e-5)
-    # and each element alone (batch of one: never the cached path)
-    alone = torch.cat([_acqf(_model(), X)(cand[i : i + 1]) for i in range(5)])
-    assert torch.allclose(got, alone, atol=1e-9, rtol=1e-7)
+    # each element alone (a batch of one: never the cached path)
+    alone = torch.cat([_acqf(_model(cache=False), X)(cand[i : i + 1]) for i in range(5)])
+    (grad_alone,) = torch.autograd.grad(alone.sum(), cand)
+    # Blockwise and whole Cholesky factors differ by rounding, which log-EI far below the
+    # incumbent (values near -35 here) magnifies: over 40 seeds the three computations differed
+    # by up to 1e-6 (relative) in value and 2e-5 (relative norm) in the gradient, the uncached
+    # batch and the uncached single elements included. The tolerances leave about a 10x margin.
+    for a, b in ((got, want), (got, alone)):
+        assert torch.allclose(a, b, atol=0, rtol=1e-5)
+    assert _rel(grad, grad_want) < 2e-4 and _rel(grad, grad_alone) < 2e-4
+    assert _rel(grad_want, grad_alone) < 2e-4
 
 
 def test_only_a_shared_prefix_of_observed_inputs_is_taken_as_constant():
