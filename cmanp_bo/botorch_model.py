@@ -49,6 +49,7 @@ from torch import Tensor
 
 from cmanp_bo.frame import OutcomeFrame
 from cmanp_bo.nn import ContextState, NeuralProcess
+from cmanp_bo.nn.process import shared_columns
 
 if TYPE_CHECKING:
     from surrogates.reencoding import RawContextState
@@ -367,12 +368,12 @@ class CMANPModel(Model, FantasizeMixin, GP):
             ) from None
         X_tf = self.transform_inputs(X)
         Z = self._pad(X_tf.to(torch.float64))
-        k = 0
+        prefix = None
         if self._cache_baseline and observation_noise is False and not independent:
-            k = self._constant_prefix(Z)
+            prefix = self._constant_prefix(Z)
         root = None
-        if k:
-            mean, cov, noise_var, root = self._prefix_moments(Z, k)
+        if prefix is not None:
+            mean, cov, noise_var, root = self._prefix_moments(Z, *prefix)
         else:
             mean, cov, noise_var = self._frame_moments(Z, independent)
         # From network units to outcome-transformed units.
@@ -406,9 +407,10 @@ class CMANPModel(Model, FantasizeMixin, GP):
         self._observed_keys: frozenset[bytes] | None = None
         self._prefix_cache: tuple[bytes, Tensor, Tensor] | None = None
 
-    def _constant_prefix(self, Z: Tensor) -> int:
-        """How many leading columns of ``Z`` are constants: the same observed input in every
-        batch element (at least two), followed by at least one column that is not.
+    def _constant_prefix(self, Z: Tensor) -> tuple[Tensor, bytes] | None:
+        """The leading columns of ``Z`` that are constants, as ``(k x dim_x rows, their bytes)``
+        (``None``: none): the same observed input in every batch element (at least two),
+        followed by at least one column that is not.
 
         That is the layout of every noisy-EI style acquisition (``X_full = [X_baseline, X]``
         with ``X_baseline`` among the observed points). Such columns are treated as constants:
@@ -416,40 +418,42 @@ class CMANPModel(Model, FantasizeMixin, GP):
         model (``_prefix_moments``), and no gradient flows to them.
         """
         if not self._net.cfg.joint_head or Z.dim() < 3 or len(self._state.batch_shape):
-            return 0
+            return None
         if self._frame.std.numel() != 1:
-            return 0
+            return None
         flat = Z.detach().reshape(-1, *Z.shape[-2:])
         if flat.shape[0] < 2:
-            return 0
-        shared = (flat == flat[:1]).all(-1).all(0)
+            return None
+        shared = shared_columns(flat)
         if shared.all() or not shared[0]:
-            return 0
+            return None
         k = int((~shared).int().argmax())  # the first column that differs across the batch
+        prefix = flat[0, :k]
+        rows = prefix.cpu().numpy()
+        key = rows.tobytes()
+        if self._prefix_cache is not None and self._prefix_cache[0] == key:
+            return prefix, key  # checked when it was cached
         if self._observed_keys is None:
-            rows = torch.cat([x.reshape(-1, x.shape[-1]) for x, _ in self._history.chunks()])
-            self._observed_keys = frozenset(r.tobytes() for r in rows.cpu().numpy())
-        prefix = flat[0, :k].cpu().numpy()
-        return k if all(r.tobytes() in self._observed_keys for r in prefix) else 0
+            seen = torch.cat([x.reshape(-1, x.shape[-1]) for x, _ in self._history.chunks()])
+            self._observed_keys = frozenset(r.tobytes() for r in seen.cpu().numpy())
+        return (prefix, key) if all(r.tobytes() in self._observed_keys for r in rows) else None
 
-    def _prefix_moments(self, Z: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``_frame_moments`` for a ``Z`` whose first ``k`` columns are constants
-        (``_constant_prefix``), plus the Cholesky factor of their ``k x k`` covariance."""
+    def _prefix_moments(
+        self, Z: Tensor, prefix: Tensor, key: bytes
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``_frame_moments`` for a ``Z`` that begins with the constant ``prefix`` (rows and
+        bytes from ``_constant_prefix``), plus the Cholesky factor of its covariance."""
         net, state = self._net, self._state
-        prefix = Z.detach().reshape(-1, *Z.shape[-2:])[0, :k]
-        key = prefix.cpu().numpy().tobytes()
         if self._prefix_cache is None or self._prefix_cache[0] != key:
             with torch.no_grad():
                 out_c = net.head_outputs(state, prefix)
-                _, cov_c, _ = net.moments_from_outputs(out_c)
-                cov_c = cov_c + torch.diag_embed(JITTER * torch.diagonal(cov_c))
+                cov_c = _jittered(net.moments_from_outputs(out_c)[1])
                 self._prefix_cache = (key, out_c, psd_safe_cholesky(cov_c))
         _, out_c, root_c = self._prefix_cache
-        out_r = net.head_outputs(state, Z[..., k:, :])
+        out_r = net.head_outputs(state, Z[..., prefix.shape[-2] :, :])
         out = torch.cat([out_c.expand(*out_r.shape[:-2], *out_c.shape), out_r], dim=-2)
         mean, cov, noise_var = net.moments_from_outputs(out)
-        f_var = torch.diagonal(cov, dim1=-2, dim2=-1)
-        return mean, cov + torch.diag_embed(JITTER * f_var), noise_var, root_c
+        return mean, _jittered(cov), noise_var, root_c
 
     def _frame_moments(self, Z: Tensor, independent: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, function covariance and noise variance in network units.
@@ -470,10 +474,9 @@ class CMANPModel(Model, FantasizeMixin, GP):
             var = marginal.variance.squeeze(-1)
             return marginal.mean.squeeze(-1), torch.diag_embed(var), torch.zeros_like(var)
         mean, cov, noise_var = _joint_in_blocks(net, state, Z, independent)
-        f_var = torch.diagonal(cov, dim1=-2, dim2=-1)
         if independent:
-            cov = torch.diag_embed(f_var)
-        return mean, cov + torch.diag_embed(JITTER * f_var), noise_var
+            cov = torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1))
+        return mean, _jittered(cov), noise_var
 
     # -------------------------------------------------------------------------------- updates
     def condition_on_observations(
@@ -563,6 +566,11 @@ class CMANPModel(Model, FantasizeMixin, GP):
             Y, _ = self.outcome_transform(Y)
         _validate_finite(Y, "Y after the outcome transform")
         return Y
+
+
+def _jittered(cov: Tensor) -> Tensor:
+    """``cov`` with ``JITTER`` times its diagonal added to the diagonal."""
+    return cov + torch.diag_embed(JITTER * torch.diagonal(cov, dim1=-2, dim2=-1))
 
 
 # ------------------------------------------------------------------------------ posterior

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from cmanp_bo.nn.cmanp import CMANPConfig
 
 
+def shared_columns(flat: Tensor) -> Tensor:
+    """``m``: which of the ``m`` target columns of ``flat`` (``b x m x d``) are the same point in
+    every batch element (an acquisition's baseline, concatenated to each candidate)."""
+    return (flat == flat[:1]).all(-1).all(0)
+
+
 class NeuralProcess(nn.Module):
     """Base of the attentive neural processes: a ``CMANPConfig`` architecture with either head.
 
@@ -179,7 +185,7 @@ class NeuralProcess(nn.Module):
         memory = self.representations(state)  # validates the state
         if x.dim() >= 3 and len(state.batch_shape) == 0 and x.shape[:-2].numel() > 1:
             flat = x.reshape(-1, *x.shape[-2:])
-            shared = (flat == flat[:1]).all(-1).all(0)  # m: same point in every batch element
+            shared = shared_columns(flat)
             if shared.any():
                 out = self._decode_with_shared(state, memory, flat, shared)
                 return out.reshape(*x.shape[:-1], -1)
