@@ -80,7 +80,7 @@ def time_step(make, X, y, n: int) -> dict:
         qLogNoisyExpectedImprovement.forward = recording_forward
         try:
             wall, cpu = time.perf_counter(), time.process_time()
-            surrogate.ask(X[:n], y[:n])
+            candidate = surrogate.ask(X[:n], y[:n])
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         finally:
             qLogNoisyExpectedImprovement.__init__ = init
@@ -90,6 +90,7 @@ def time_step(make, X, y, n: int) -> dict:
         "cpu_s": cpu,
         "pruned_baseline": sizes[-1] if sizes else None,
         "acquisition_calls": len(calls),  # optimiser evaluations (raw samples: one batched call)
+        "candidate": candidate.tolist(),
     }
 
 

@@ -51,16 +51,21 @@ class Surrogate:
         raise NotImplementedError
 
     # shared by the model-based surrogates
-    def _optimize(self, model: Model, X: Tensor, y: Tensor) -> Tensor:
-        torch.manual_seed(self.seed * 100_003 + self.calls)
-        self.calls += 1
+    def acquisition(self, model: Model, X: Tensor) -> qLogNoisyExpectedImprovement:
+        """The acquisition every model-based surrogate optimises: qLogNEI (of the negated
+        outcome: ``model`` is built on ``-y``) on the ``max_baseline`` best observed points."""
         baseline = best_baseline(model, X, self.acq.max_baseline)
-        acqf = qLogNoisyExpectedImprovement(
+        return qLogNoisyExpectedImprovement(
             model,
             X_baseline=baseline,
             sampler=SobolQMCNormalSampler(torch.Size([self.acq.mc_samples])),
             prune_baseline=True,
         )
+
+    def _optimize(self, model: Model, X: Tensor, y: Tensor) -> Tensor:
+        torch.manual_seed(self.seed * 100_003 + self.calls)
+        self.calls += 1
+        acqf = self.acquisition(model, X)
         bounds = torch.stack([torch.zeros(self.dim), torch.ones(self.dim)]).to(X)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optimizer restarts and non-convergence notes
