@@ -94,8 +94,26 @@ def time_step(make, X, y, n: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def result_header(script: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """The command, recorded points, network, settings and hardware of a result file."""
     from cmanp_bo.train import hardware
+
+    return {
+        "command": " ".join([f"python experiments/{script}", *(argv or sys.argv[1:])]),
+        "points": {
+            "db": str(args.db.relative_to(ROOT)) if args.db.is_relative_to(ROOT) else str(args.db),
+            "problem": args.problem,
+            "seed": args.seed,
+            "run_network": args.network,
+        },
+        "checkpoint": args.checkpoint,
+        "acquisition": {"num_restarts": 2, "raw_samples": 128, "mc_samples": 128},
+        "hardware": hardware(),
+        "threads": args.threads,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
     from surrogates.registry import AcquisitionOptions, GPSurrogate, NeuralProcessSurrogate
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -154,17 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
             "wall": off["median_wall_s"] / on["median_wall_s"],
         }
     result = {
-        "command": " ".join(["python experiments/acquisition_cost.py", *(argv or sys.argv[1:])]),
-        "points": {
-            "db": str(args.db.relative_to(ROOT)) if args.db.is_relative_to(ROOT) else str(args.db),
-            "problem": args.problem,
-            "seed": args.seed,
-            "run_network": args.network,
-        },
-        "checkpoint": args.checkpoint,
-        "acquisition": {"num_restarts": 2, "raw_samples": 128, "mc_samples": 128},
-        "hardware": hardware(),
-        "threads": args.threads,
+        **result_header("acquisition_cost.py", args, argv),
         "rows": rows,
         "speedup_no_cache_over_cache": speedups,
     }

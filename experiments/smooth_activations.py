@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from acquisition_cost import DEFAULT_DB, ROOT, recorded_points, time_step  # noqa: E402
+from acquisition_cost import DEFAULT_DB, ROOT, recorded_points, result_header, time_step  # noqa: E402
 
 
 def smoothed(net: nn.Module, beta: float | None) -> nn.Module:
@@ -84,7 +84,6 @@ def reference_value(reference, X, y, n: int, candidate: torch.Tensor, seed: int)
 
 def main(argv: list[str] | None = None) -> dict:
     from cmanp_bo import pretrained
-    from cmanp_bo.train import hardware
     from surrogates.registry import AcquisitionOptions, NeuralProcessSurrogate
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -141,17 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
     result = {
-        "command": " ".join(["python experiments/smooth_activations.py", *(argv or sys.argv[1:])]),
-        "points": {
-            "db": str(args.db.relative_to(ROOT)) if args.db.is_relative_to(ROOT) else str(args.db),
-            "problem": args.problem,
-            "seed": args.seed,
-            "run_network": args.network,
-        },
-        "checkpoint": args.checkpoint,
-        "acquisition": {"num_restarts": 2, "raw_samples": 128, "mc_samples": 128},
-        "hardware": hardware(),
-        "threads": args.threads,
+        **result_header("smooth_activations.py", args, argv),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
