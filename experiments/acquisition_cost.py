@@ -113,15 +113,20 @@ def result_header(script: str, args: argparse.Namespace, argv: list[str] | None)
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from surrogates.registry import AcquisitionOptions, GPSurrogate, NeuralProcessSurrogate
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_points_arguments(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """The recorded run whose points are replayed, and the network to use on them."""
     p.add_argument("--db", type=Path, default=DEFAULT_DB)
     p.add_argument("--problem", default="rosenbrock8")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--network", default="bo-d7-10-poly", help="run whose points are used")
-    p.add_argument("--checkpoint", default="bo-d7-10-poly", help="CMANP network to time")
+    p.add_argument("--checkpoint", default="bo-d7-10-poly", help=checkpoint_help)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from surrogates.registry import AcquisitionOptions, GPSurrogate, NeuralProcessSurrogate
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_points_arguments(p, "CMANP network to time")
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--gp", action="store_true", help="time the GP (refit + qLogNEI) too")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from acquisition_cost import DEFAULT_DB, ROOT, recorded_points, result_header, time_step  # noqa: E402
+from acquisition_cost import ROOT, add_points_arguments, recorded_points, result_header, time_step  # noqa: E402
 
 
 def smoothed(net: nn.Module, beta: float | None) -> nn.Module:
@@ -87,11 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     from surrogates.registry import AcquisitionOptions, NeuralProcessSurrogate
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--db", type=Path, default=DEFAULT_DB)
-    p.add_argument("--problem", default="rosenbrock8")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--network", default="bo-d7-10-poly", help="run whose points are used")
-    p.add_argument("--checkpoint", default="bo-d7-10-poly", help="shipped network to modify")
+    add_points_arguments(p, "shipped network to modify")
     p.add_argument("--betas", type=float, nargs="+", default=[10.0, 30.0, 100.0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400])
     p.add_argument("--repeats", type=int, default=3)
