@@ -3,7 +3,9 @@
 A shipped network has ReLUs in its embedders and output head, so its posterior, and qLogNEI on
 it, is only piecewise smooth in the candidate: L-BFGS-B's quasi-Newton model breaks at every
 kink. This replaces each ReLU by ``softplus(beta * x) / beta`` (smooth; at most ``log(2) / beta``
-above the ReLU, the gap shrinking as ``exp(-beta |x|)``) at inference, with no retraining, and
+above the ReLU, the gap shrinking as ``exp(-beta |x|)``; linear where ``beta * x > 20``, as
+``nn.Softplus`` does by default, a step below 1e-8 / beta, because ``exp(beta * x)`` overflows to
+inf once ``beta * x > 709``) at inference, with no retraining, and
 compares, on the points of a recorded run (as ``experiments/acquisition_cost.py``):
 
 - how far the posterior moves: mean |change| of the posterior mean and std (in the model's
@@ -43,7 +45,7 @@ def smoothed(net: nn.Module, beta: float | None) -> nn.Module:
     for module in list(net.modules()):
         for name, child in module.named_children():
             if isinstance(child, nn.ReLU):
-                setattr(module, name, nn.Softplus(beta=beta, threshold=1e9))
+                setattr(module, name, nn.Softplus(beta=beta))
     return net
 
 
