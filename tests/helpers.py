@@ -50,3 +50,26 @@ def load_experiment(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def recorded_run(db: Path, n: int = 14) -> torch.Tensor:
+    """A finished 2-D cmanp run of ``n`` steps in a new results database at ``db``; its inputs."""
+    from cmanp_bo.bench.store import ResultStore, RunKey
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    values = ((X - 0.3) ** 2).sum(-1)
+    store = ResultStore(db)
+    key = RunKey.make("long", "branin", "cmanp", 0, {"network": "bo-d1-2-reg@x"})
+    run = {"dim": 2, "budget": n, "num_evals": n, "stopped": None, "best_value": 0.0}
+    run |= {"optimal_value": None, "wall_s": 1.0, "surrogate_s": 1.0, "peak_rss_mb": None}
+    run |= {"hardware": "test", "finished": "2026-12-02"}
+    steps = [
+        {"step": i + 1, "x": X[i].tolist(), "value": float(v), "best": float(values[: i + 1].min())}
+        | {"regret": None, "score": None, "surrogate_s": 0.0, "cum_surrogate_s": 0.0}
+        | {"cum_wall_s": 0.0, "rss_mb": None}
+        for i, v in enumerate(values)
+    ]
+    store.add(key, run, steps)
+    store.close()
+    return X

@@ -3,43 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from cmanp_bo.bench.store import ResultStore, RunKey
-from tests.helpers import load_experiment
+from tests.helpers import load_experiment, recorded_run
 
 
 def _load():
     return load_experiment("acquisition_cost")
 
 
-def _recorded_run(db: Path, n: int = 14) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    X = torch.rand(n, 2, generator=g, dtype=torch.float64)
-    values = ((X - 0.3) ** 2).sum(-1)
-    store = ResultStore(db)
-    key = RunKey.make("long", "branin", "cmanp", 0, {"network": "bo-d1-2-reg@x"})
-    run = {"dim": 2, "budget": n, "num_evals": n, "stopped": None, "best_value": 0.0}
-    run |= {"optimal_value": None, "wall_s": 1.0, "surrogate_s": 1.0, "peak_rss_mb": None}
-    run |= {"hardware": "test", "finished": "2026-12-02"}
-    steps = [
-        {"step": i + 1, "x": X[i].tolist(), "value": float(v), "best": float(values[: i + 1].min())}
-        | {"regret": None, "score": None, "surrogate_s": 0.0, "cum_surrogate_s": 0.0}
-        | {"cum_wall_s": 0.0, "rss_mb": None}
-        for i, v in enumerate(values)
-    ]
-    store.add(key, run, steps)
-    store.close()
-    return X
-
-
 def test_times_both_modes_on_the_recorded_points(tmp_path):
     ac = _load()
     db, out = tmp_path / "r.sqlite", tmp_path / "cost.json"
-    X = _recorded_run(db)
+    X = recorded_run(db)
     got, _ = ac.recorded_points(db, "branin", "cmanp", 0, "bo-d1-2-reg")
     assert torch.equal(got, X)
     argv = ["--db", str(db), "--problem", "branin", "--network", "bo-d1-2-reg"]

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import load_experiment
-from tests.test_acquisition_cost import _recorded_run
+from tests.helpers import load_experiment, recorded_run
 
 
 def _load():
@@ -41,7 +40,7 @@ def test_smoothed_replaces_every_relu_in_a_copy_and_stays_finite_for_large_input
 def test_compares_each_beta_with_the_relu_network_on_the_recorded_points(tmp_path):
     sa = _load()
     db, out = tmp_path / "r.sqlite", tmp_path / "smooth.json"
-    _recorded_run(db)
+    recorded_run(db)
     argv = ["--db", str(db), "--problem", "branin", "--network", "bo-d1-2-reg"]
     argv += ["--checkpoint", "bo-d1-2-reg", "--sizes", "12", "--repeats", "1", "--betas", "100"]
     result = sa.main([*argv, "--out", str(out)])
