@@ -42,6 +42,11 @@ taken over from the cache.
 
 Bad observations: NaN or infinite metric values are skipped with a warning naming the trial and
 metric (``NonFiniteY``); failed and abandoned trials are left out, as Ax does.
+
+``cmanp_generation_strategy(warp="rank")`` adds ``CopulaY``: the objective's observations are
+replaced by the Gaussian copula transform of their ranks (``cmanp_bo.warp``), and the acquisition
+works on that scale. Each new trial changes the warped value of every old one, so the state cache
+misses and every call encodes all points (about 0.5 ms per point on one core).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import torch
 from ax.adapter.registry import Generators, MBM_X_trans
 from ax.adapter.transforms.base import Transform
 from ax.adapter.transforms.bilog_y import BilogY
@@ -78,6 +84,7 @@ from botorch.models.model import Model
 
 from cmanp_bo.acquisition import DEFAULT_MAX_BASELINE, best_baseline
 from cmanp_bo.botorch_model import CMANPModel, EmbedRecord, StateCache
+from cmanp_bo.warp import check_warp, copula_warp
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +143,95 @@ class NonFiniteY(Transform):
 
 _WARNED_NON_FINITE: set[tuple[int, int, str]] = set()
 
+
+class CopulaY(Transform):
+    """The Gaussian copula transform of the objective's observations (``cmanp_bo.warp``).
+
+    Fitted on the data the adapter is built from: each observed mean becomes
+    ``Phi^-1((rank - 1/2) / n)`` among the n observations of its metric (ties: average rank),
+    and SEMs are dropped (the network cannot use them). Any other value, e.g. a prediction to
+    untransform, goes through the monotone piecewise-linear map between the observed values and
+    their scores, continued linearly beyond them with the slopes of the end segments; variances
+    scale with the local slope squared. Monotone increasing, so the objective's direction holds.
+    Only single-objective experiments; outcome-constraint metrics are left in raw units.
+    """
+
+    requires_data_for_initialization = True
+
+    def __init__(
+        self,
+        search_space: Any = None,
+        experiment_data: Any = None,
+        adapter: Any = None,
+        config: Any = None,
+    ) -> None:
+        super().__init__(
+            search_space=search_space,
+            experiment_data=experiment_data,
+            adapter=adapter,
+            config=config,
+        )
+        optimization_config = getattr(adapter, "_optimization_config", None)
+        metrics = self.config.get("metrics")
+        if metrics is None:
+            if optimization_config is None:
+                raise ValueError("CopulaY needs an optimization config or config['metrics']")
+            if optimization_config.is_moo_problem:
+                raise NotImplementedError(
+                    "warp='rank' supports a single objective; for several objectives use the "
+                    "default warp=None"
+                )
+            metrics = list(optimization_config.objective.metric_signatures)
+        means = experiment_data.observation_data["mean"]
+        self.knots: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for metric in metrics:
+            if metric not in means.columns:
+                continue
+            values = means[metric].astype(float).to_numpy()
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                continue
+            scores = copula_warp(torch.as_tensor(values, dtype=torch.float64)).numpy()
+            y, first = np.unique(values, return_index=True)  # ties share their score
+            self.knots[metric] = (y, scores[first])
+
+    def _map(self, metric: str, value: float, inverse: bool = False) -> tuple[float, float]:
+        """The warped (or, ``inverse``, raw) value and the map's local slope there."""
+        y, z = self.knots[metric]
+        src, dst = (z, y) if inverse else (y, z)
+        if src.size == 1:
+            return float(value - src[0] + dst[0]), 1.0
+        slopes = np.diff(dst) / np.diff(src)
+        k = int(np.clip(np.searchsorted(src, value, side="right") - 1, 0, src.size - 2))
+        return float(dst[k] + slopes[k] * (value - src[k])), float(slopes[k])
+
+    def transform_experiment_data(self, experiment_data: Any) -> Any:
+        obs = experiment_data.observation_data
+        for metric in self.knots:
+            if ("mean", metric) not in obs.columns:
+                continue
+            values = obs["mean", metric].astype(float)
+            warped = [self._map(metric, v)[0] if np.isfinite(v) else v for v in values]
+            obs["mean", metric] = warped
+            if ("sem", metric) in obs.columns:
+                obs["sem", metric] = np.nan
+        return type(experiment_data)(arm_data=experiment_data.arm_data, observation_data=obs)
+
+    def _transform_observation_data(self, observation_data: list[Any]) -> list[Any]:
+        return self._map_observation_data(observation_data, inverse=False)
+
+    def _untransform_observation_data(self, observation_data: list[Any]) -> list[Any]:
+        return self._map_observation_data(observation_data, inverse=True)
+
+    def _map_observation_data(self, observation_data: list[Any], inverse: bool) -> list[Any]:
+        for obsd in observation_data:
+            for i, metric in enumerate(obsd.metric_signatures):
+                if metric in self.knots and np.isfinite(obsd.means[i]):
+                    obsd.means[i], slope = self._map(metric, obsd.means[i], inverse)
+                    obsd.covariance[i, i] *= slope**2
+        return observation_data
+
+
 #: Adapter transforms of the CMANP node: Ax's defaults for BoTorch (``MBM_X_trans + Y_trans``)
 #: without ``Winsorize`` and ``StandardizeY``, whose data-dependent re-scaling of every old
 #: observation would invalidate the absorbed state (the model owns its outcome frame instead),
@@ -174,6 +270,7 @@ def cmanp_generation_strategy(
     initialization_seed: int | None = None,
     torch_device: str | None = None,
     max_baseline: int | None = DEFAULT_MAX_BASELINE,
+    warp: str | None = None,
 ) -> GenerationStrategy:
     """A Sobol -> CMANP generation strategy for ``ax.Client.set_generation_strategy``.
 
@@ -204,11 +301,16 @@ def cmanp_generation_strategy(
         max_baseline: the noisy-EI baseline keeps the observed points with the best posterior
             mean, at most this many (``cmanp_bo.acquisition``), so the acquisition's cost stops
             growing with the number of trials; ``None``: every observed point, as in Ax.
+        warp: ``"rank"`` models the objective on the Gaussian copula transform of its
+            observations (``CopulaY``; one objective only). On Ax's synthetic problems it beat
+            the unwarped network on 4 of 10 and lost on none (README, issue 6); each call then
+            encodes every point, a cost linear in the trials.
 
     Returns:
         A ``GenerationStrategy`` with a ``"Sobol"`` node (when ``initialization_trials > 0``)
         and a ``"CMANP"`` node using ``Generators.BOTORCH_MODULAR`` with ``CMANPModel``.
     """
+    check_warp(warp)
     if initialization_trials is None:
         initialization_trials = initialization_trials_for(dim)
     if initialization_trials < 0:
@@ -234,7 +336,7 @@ def cmanp_generation_strategy(
     )
     generator_kwargs: dict[str, Any] = {
         "surrogate_spec": SurrogateSpec(model_configs=[model_config]),
-        "transforms": CMANP_TRANSFORMS,
+        "transforms": CMANP_TRANSFORMS if warp is None else [*CMANP_TRANSFORMS, CopulaY],
         "transform_configs": {
             "Derelativize": {"use_raw_status_quo": True},
             "BilogY": {"derelativize_with_raw_status_quo": True},
@@ -250,8 +352,6 @@ def cmanp_generation_strategy(
     if botorch_acqf_class is not None:
         generator_kwargs["botorch_acqf_class"] = botorch_acqf_class
     if torch_device is not None:
-        import torch
-
         generator_kwargs["torch_device"] = torch.device(torch_device)
     cmanp_node = GenerationNode(
         name="CMANP",
@@ -407,12 +507,14 @@ def _cmanp_input_constructor(
 register_model(CMANPModel)
 register_acquisition(BoundedBaselineAcquisition)
 register_transform(NonFiniteY)
+register_transform(CopulaY)
 
 
 __all__ = [
     "CMANP_TRANSFORMS",
     "DEFAULT_INITIALIZATION_TRIALS",
     "BoundedBaselineAcquisition",
+    "CopulaY",
     "NonFiniteY",
     "clear_state_cache",
     "cmanp_generation_strategy",

@@ -10,6 +10,10 @@ Names: ``sobol``, ``gp`` (Ax's default: SingleTaskGP refit every step), ``gp-che
 ``refit_every`` steps, ``condition_on_observations`` between), ``cmanp`` (the shipped checkpoint or
 ``checkpoint=``), ``tnp`` and ``lbanp`` (the neural peers: their shipped checkpoints, or
 ``checkpoint=``).
+
+``gp``, ``cmanp``, ``tnp`` and ``lbanp`` take ``warp="rank"``: the model and the acquisition work
+on the Gaussian copula transform of ``-y`` (``cmanp_bo.warp``), rebuilt from all points at every
+step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 
 from cmanp_bo.acquisition import DEFAULT_MAX_BASELINE, best_baseline
+from cmanp_bo.warp import check_warp, warp_outcomes
 
 
 @dataclass
@@ -89,12 +94,14 @@ class SobolSurrogate(Surrogate):
         return engine.draw(X.shape[0] + 1, dtype=torch.float64)[-1]
 
 
-def _fit_gp(X: Tensor, y: Tensor) -> Model:
+def _fit_gp(X: Tensor, y: Tensor, warp: str | None = None) -> Model:
+    """A SingleTaskGP fitted to ``-y`` (or its ``warp``) with BoTorch's defaults."""
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
-    model = SingleTaskGP(X, -y[:, None])  # BoTorch defaults: Standardize, dimension-scaled prior
+    # BoTorch defaults: Standardize, dimension-scaled lengthscale prior
+    model = SingleTaskGP(X, warp_outcomes(-y, warp)[:, None])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
@@ -102,12 +109,18 @@ def _fit_gp(X: Tensor, y: Tensor) -> Model:
 
 
 class GPSurrogate(Surrogate):
-    """Ax's default: a SingleTaskGP with BoTorch's priors, refit on all data at every step."""
+    """Ax's default: a SingleTaskGP with BoTorch's priors, refit on all data at every step
+    (``warp="rank"``: on the copula transform of the outcomes)."""
 
     name = "gp"
 
+    def __init__(self, dim: int, seed: int, acquisition=None, warp: str | None = None) -> None:
+        super().__init__(dim, seed, acquisition)
+        check_warp(warp)
+        self.warp = warp
+
     def ask(self, X: Tensor, y: Tensor) -> Tensor:
-        return self._optimize(_fit_gp(X, y), X, y)
+        return self._optimize(_fit_gp(X, y, self.warp), X, y)
 
 
 class CheapGPSurrogate(Surrogate):
@@ -141,6 +154,10 @@ class NeuralProcessSurrogate(Surrogate):
     ``condition_on_observations`` (constant cost for CMANP; the peers re-encode their context).
     ``cache_baseline`` is ``CMANPModel``'s (qLogNEI's baseline decoded and factorised once per
     step).
+
+    ``warp="rank"``: the model is built at every step from all points, on the copula transform
+    of ``-y`` (``cmanp_bo.warp``: each new point changes the warped value of every old one), and
+    the acquisition works on that scale.
     """
 
     name = "cmanp"
@@ -152,22 +169,28 @@ class NeuralProcessSurrogate(Surrogate):
         acquisition=None,
         checkpoint="default",
         cache_baseline: bool = True,
+        warp: str | None = None,
     ) -> None:
         super().__init__(dim, seed, acquisition)
+        check_warp(warp)
         self.checkpoint = checkpoint
         self.cache_baseline = cache_baseline
+        self.warp = warp
         self.model: Model | None = None
         self.seen = 0
 
-    def ask(self, X: Tensor, y: Tensor) -> Tensor:
+    def _build(self, X: Tensor, Y: Tensor) -> Model:
         from cmanp_bo import CMANPModel
 
-        if self.model is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # untrained-placeholder notice
-                self.model = CMANPModel(
-                    X, -y[:, None], checkpoint=self.checkpoint, cache_baseline=self.cache_baseline
-                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # untrained-placeholder notice
+            return CMANPModel(X, Y, checkpoint=self.checkpoint, cache_baseline=self.cache_baseline)
+
+    def ask(self, X: Tensor, y: Tensor) -> Tensor:
+        if self.warp is not None:
+            self.model = self._build(X, warp_outcomes(-y, self.warp)[:, None])
+        elif self.model is None:
+            self.model = self._build(X, -y[:, None])
         elif X.shape[0] > self.seen:
             new = slice(self.seen, None)
             self.model = self.model.condition_on_observations(X[new], -y[new, None])
@@ -184,7 +207,13 @@ class PeerSurrogate(NeuralProcessSurrogate):
     """
 
     def __init__(
-        self, dim: int, seed: int, acquisition=None, checkpoint=None, cache_baseline: bool = True
+        self,
+        dim: int,
+        seed: int,
+        acquisition=None,
+        checkpoint=None,
+        cache_baseline: bool = True,
+        warp: str | None = None,
     ) -> None:
         if checkpoint is None:
             checkpoint = default_checkpoint(self.name, dim)
@@ -195,7 +224,7 @@ class PeerSurrogate(NeuralProcessSurrogate):
                 f"(train one with `python experiments/train_bo_checkpoints.py --arch {self.name} "
                 f"...` or `cmanp-bo train --arch {self.name} ...`)"
             )
-        super().__init__(dim, seed, acquisition, checkpoint, cache_baseline)
+        super().__init__(dim, seed, acquisition, checkpoint, cache_baseline, warp)
 
 
 def default_checkpoint(surrogate: str, dim: int) -> str | None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from ax import ChoiceParameterConfig, Client, RangeParameterConfig
@@ -29,6 +30,7 @@ from botorch.models.model import Model, ModelList
 
 import cmanp_bo.ax as cax
 from cmanp_bo.botorch_model import CMANPModel
+from cmanp_bo.warp import copula_warp
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:no pretrained BO checkpoint:RuntimeWarning"),
@@ -359,3 +361,54 @@ def test_the_acquisition_baseline_is_cached_in_the_loop(monkeypatch):
     assert len(prefixes) >= 4 and all(1 <= k <= 6 for k in prefixes)
     model = surrogate_model(client)
     assert isinstance(model, CMANPModel) and model._prefix_cache is not None
+
+
+# ------------------------------------------------------------------------------------ warp
+def test_rank_warp_sees_only_the_order_of_the_objective():
+    def squashed(p):  # the same order of the trials, another scale
+        return {"loss": 5.0 * math.log1p(100.0 * quad(p)["loss"]) - 3.0}
+
+    runs = []
+    for fn in (quad, squashed):
+        cax.clear_state_cache()
+        client = make_client(init=3, warp="rank")
+        with with_rng_seed(3):
+            trials = [step(client, fn) for _ in range(6)]
+        runs.append([t[k] for t in trials for k in t])
+        assert node_of(client, 5) == "CMANP"
+    assert runs[0] == runs[1]
+    # predictions come back in the metric's units: the network's mean, mapped back
+    x = runs[1][0]
+    (out,) = client.predict([x])
+    model, adapter = surrogate_model(client), client._generation_strategy.adapter
+    z = model.posterior(torch.tensor([[x["x0"], x["x1"]]], dtype=torch.float64)).mean.item()
+    assert adapter.transforms["CopulaY"]._map("loss", out["loss"][0])[0] == pytest.approx(z)
+    # the model saw the copula scores of the observed losses, not the losses
+    _, seen = model._history.concatenated()
+    n = seen.shape[-2]
+    losses = torch.tensor([squashed(p)["loss"] for p in runs[1][:n]], dtype=torch.float64)
+    assert torch.allclose(seen.reshape(-1), copula_warp(losses), atol=1e-12)
+
+
+def test_copula_transform_round_trip_and_errors():
+    from ax.core.observation import ObservationData
+
+    from cmanp_bo.ax import CopulaY
+
+    t = CopulaY.__new__(CopulaY)
+    t.knots = {"m": (np.array([1.0, 2.0, 4.0]), np.array([-1.0, 0.0, 1.0]))}
+    for y in (-3.0, 1.0, 1.5, 4.0, 9.0):
+        z, slope = t._map("m", y)
+        assert t._map("m", z, inverse=True)[0] == pytest.approx(y)
+        assert slope > 0
+    assert t._map("m", 3.0)[0] == pytest.approx(0.5)  # between the knots
+    assert t._map("m", 6.0)[0] == pytest.approx(2.0)  # beyond: the end segment's slope
+    obsd = ObservationData(["m"], np.array([3.0]), np.array([[0.25]]))
+    (back,) = t._untransform_observation_data(t._transform_observation_data([obsd]))
+    assert back.means[0] == pytest.approx(3.0) and back.covariance[0, 0] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="unknown warp"):
+        cax.cmanp_generation_strategy(warp="log")
+    with pytest.raises(NotImplementedError, match="single objective"):
+        client = make_client(objective="-a, -b", init=3, warp="rank")
+        for _ in range(4):
+            step(client)

@@ -200,6 +200,21 @@ def test_network_runs_are_keyed_by_their_weights(tmp_path):
     assert {k.settings for k in first}.isdisjoint({k.settings for k in second})
 
 
+def test_suite_option_defaults_are_stored_and_overridable():
+    from cmanp_bo.bench.runner import SUITES
+
+    for name in ("quick", "standard"):  # CMANP runs on the copula warp there (issue 6)
+        keys = [k for k in run_keys(name, SUITES[name]) if k.surrogate in ("cmanp", "gp")]
+        options = {k.surrogate: json.loads(k.settings)["options"] for k in keys}
+        assert options == {"cmanp": {"warp": "rank"}, "gp": {}}, name
+    assert SUITES["long"].surrogate_options == {}  # benchmarked without the warp
+    # --surrogate-options entries override the suite's defaults key by key
+    suite = tiny_suite(surrogate_options={"cmanp": {"warp": "rank", "cache_baseline": False}})
+    keys = [k for k in run_keys("t", suite, {"cmanp": {"warp": None}}) if k.surrogate == "cmanp"]
+    for key in keys:
+        assert json.loads(key.settings)["options"] == {"warp": None, "cache_baseline": False}
+
+
 def test_problem_dim_matches_the_built_problems():
     from cmanp_bo.bench.problems import HPO, LONG, STANDARD, problem_dim
 
