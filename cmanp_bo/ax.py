@@ -46,7 +46,7 @@ metric (``NonFiniteY``); failed and abandoned trials are left out, as Ax does.
 ``cmanp_generation_strategy(warp="rank")`` adds ``CopulaY``: the objective's observations are
 replaced by the Gaussian copula transform of their ranks (``cmanp_bo.warp``), and the acquisition
 works on that scale. Each new trial changes the warped value of every old one, so the state cache
-misses and every call encodes all points (about 0.5 ms per point on one core).
+misses and every call encodes all points again (one at a time, as on any cache miss).
 """
 
 from __future__ import annotations

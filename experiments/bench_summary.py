@@ -11,7 +11,10 @@
 - best values to 4 digits (the report rounds to 2), for suites without a known optimum;
 - standard suite: CMANP against gp, sobol and the neural peers (where they ran) per problem
   (paired Wilcoxon signed-rank on the final log10 regret; the report only tests against gp),
-  and against the default networks it replaced (``PREVIOUS_DEFAULTS``);
+  against the default networks it replaced (``PREVIOUS_DEFAULTS``), and the copula warp
+  (``warp="rank"``, the standard suite's default for cmanp since stop 19) against the same
+  networks without it; ``standard_gp_rank``: gp on the same warp against plain gp and against
+  the warped cmanp (does the warp alone explain cmanp's gains?);
 - ``--rebuild``: seconds to rebuild the Ax state of n points one at a time (what the state cache
   does on a restart or a re-base) vs one blocked encode, with the shipped checkpoint, one thread.
 
@@ -57,6 +60,8 @@ LONG_ALTERNATIVES = ("long_poly",)
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
 PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
+# the networks the warped cmanp runs use, whose unwarped runs (options {}) they are compared with
+UNWARPED = ("bo-d1-2-reg@d8323fae0b42", BO_D3_6_REG)
 
 
 def _current(db: sqlite3.Connection) -> list[dict]:
@@ -202,11 +207,14 @@ def best_values(db: sqlite3.Connection) -> dict[str, dict[str, float]]:
 
 
 def _final_metrics(
-    db: sqlite3.Connection, network: str | None = None
+    db: sqlite3.Connection,
+    network: str | tuple[str, ...] | None = None,
+    options: dict | None = None,
 ) -> dict[str, dict[str, dict[int, float]]]:
     """problem -> surrogate -> seed -> final metric: the current runs, or with ``network`` the
-    runs whose network identity ends with it (e.g. ``"bo-d3-6@ab6de5b4d773"``), superseded
-    or not."""
+    runs whose network identity ends with it (e.g. ``"bo-d3-6@ab6de5b4d773"``, or one of a
+    tuple), superseded or not, and with ``options`` only the runs made with exactly those
+    surrogate options."""
     from cmanp_bo.bench.report import _final_metric
 
     if network is None:
@@ -216,6 +224,7 @@ def _final_metrics(
             dict(r)
             for r in db.execute("SELECT * FROM runs ORDER BY id")
             if str(json.loads(r["settings"]).get("network", "")).endswith(network)
+            and (options is None or json.loads(r["settings"])["options"] == options)
         ]
     cells: dict[str, dict[str, dict[int, float]]] = {}
     for run in runs:
@@ -254,12 +263,15 @@ def versus_db(
     db: sqlite3.Connection,
     reference: sqlite3.Connection,
     model: str = "cmanp",
-    reference_network: str | None = None,
+    reference_network: str | tuple[str, ...] | None = None,
+    reference_options: dict | None = None,
 ) -> dict:
     """Per problem: ``model``'s runs in ``db`` vs its runs in ``reference`` (another network
     benchmarked on the same problems and seeds; ``reference_network``: that network's runs
-    even where they are superseded), paired by seed."""
-    mine, ref = _final_metrics(db), _final_metrics(reference, reference_network)
+    even where they are superseded, with ``reference_options`` those options only), paired by
+    seed."""
+    mine = _final_metrics(db)
+    ref = _final_metrics(reference, reference_network, reference_options)
     return {
         problem: _paired(by[model], ref[problem][model])
         for problem, by in sorted(mine.items())
@@ -334,6 +346,15 @@ def main() -> None:
             name: versus_db(standard, standard, reference_network=network)
             for name, network in PREVIOUS_DEFAULTS.items()
         }
+        summary["standard_cmanp_versus_unwarped"] = versus_db(
+            standard, standard, reference_network=UNWARPED, reference_options={}
+        )
+        gp_rank = _db("standard_gp_rank")
+        if gp_rank is not None:
+            summary["standard_gp_rank"] = {
+                "gp_rank_versus_gp": versus_db(gp_rank, standard, model="gp"),
+                "cmanp_rank_versus_gp_rank": versus(gp_rank, others=("gp",)),
+            }
     if args.rebuild:
         summary["state_cache_rebuild"] = rebuild_cost()
     text = json.dumps(summary, indent=1)
