@@ -55,8 +55,10 @@ ALTERNATIVES = {
     "standard_bo_d3_6_near": ("versus_bo_d3_6", BO_D3_6),
     "standard_bo_d3_6_poly": ("versus_bo_d3_6_reg", BO_D3_6_REG),
 }
-# opt-in networks on the long suite, each in its own database with gp's runs copied in
-LONG_ALTERNATIVES = ("long_poly",)
+# opt-in networks or options on the long suite, each in its own database with gp's runs copied
+# in: long_poly (bo-d7-10-poly before it was the default, without the baseline cache; compared
+# with the cached runs as ``long_cache_effect``) and long_rank (cmanp on the copula warp)
+LONG_ALTERNATIVES = ("long_poly", "long_rank")
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
 PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
@@ -339,7 +341,7 @@ def main() -> None:
         db = _db(alt)
         if db is not None:
             summary[alt] = {"profile": long_profile(db), "reach_gp_final": reach_gp_final(db)}
-            if dbs["long"] is not None:
+            if alt == "long_poly" and dbs["long"] is not None:
                 summary[alt]["long_cache_effect"] = cache_effect(dbs["long"], db)
     if standard is not None:
         summary["standard_cmanp_versus_previous_defaults"] = {
