@@ -195,23 +195,32 @@ class CopulaY(Transform):
             y, first = np.unique(values, return_index=True)  # ties share their score
             self.knots[metric] = (y, scores[first])
 
-    def _map(self, metric: str, value: float, inverse: bool = False) -> tuple[float, float]:
-        """The warped (or, ``inverse``, raw) value and the map's local slope there."""
+    def _map_array(
+        self, metric: str, values: np.ndarray, inverse: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The warped (or, ``inverse``, raw) values and the map's local slopes there."""
         y, z = self.knots[metric]
         src, dst = (z, y) if inverse else (y, z)
         if src.size == 1:
-            return float(value - src[0] + dst[0]), 1.0
+            return values - src[0] + dst[0], np.ones_like(values)
         slopes = np.diff(dst) / np.diff(src)
-        k = int(np.clip(np.searchsorted(src, value, side="right") - 1, 0, src.size - 2))
-        return float(dst[k] + slopes[k] * (value - src[k])), float(slopes[k])
+        k = np.clip(np.searchsorted(src, values, side="right") - 1, 0, src.size - 2)
+        return dst[k] + slopes[k] * (values - src[k]), slopes[k]
+
+    def _map(self, metric: str, value: float, inverse: bool = False) -> tuple[float, float]:
+        """``_map_array`` for one value."""
+        mapped, slope = self._map_array(metric, np.array([value], dtype=float), inverse)
+        return float(mapped[0]), float(slope[0])
 
     def transform_experiment_data(self, experiment_data: Any) -> Any:
         obs = experiment_data.observation_data
         for metric in self.knots:
             if ("mean", metric) not in obs.columns:
                 continue
-            values = obs["mean", metric].astype(float)
-            warped = [self._map(metric, v)[0] if np.isfinite(v) else v for v in values]
+            values = obs["mean", metric].astype(float).to_numpy()
+            finite = np.isfinite(values)
+            warped = values.copy()
+            warped[finite] = self._map_array(metric, values[finite])[0]
             obs["mean", metric] = warped
             if ("sem", metric) in obs.columns:
                 obs["sem", metric] = np.nan
