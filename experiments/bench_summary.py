@@ -49,11 +49,14 @@ def _db(suite: str) -> sqlite3.Connection | None:
 # (bo-d3-6-near's runs are also merged into the standard database: it is the d = 3..6 default)
 BO_D3_6 = "bo-d3-6@ab6de5b4d773"  # the d = 3..6 default until bo-d3-6-near
 BO_D3_6_REG = "bo-d3-6-reg@838a5a6316ca"  # the d = 3..6 default since
-# database -> the standard database's network its cmanp runs are compared with, by seed
+# database -> (summary key, the standard database's network its cmanp runs are compared with,
+# by seed, and those reference runs' surrogate options: the standard database holds
+# bo-d3-6-reg's runs with and without the copula warp for the same seeds, so the options pick
+# one set; an alternative on the warp is compared with the warped runs)
 ALTERNATIVES = {
-    "standard_bo_d3_6_mixed": ("versus_bo_d3_6", BO_D3_6),
-    "standard_bo_d3_6_near": ("versus_bo_d3_6", BO_D3_6),
-    "standard_bo_d3_6_poly": ("versus_bo_d3_6_reg", BO_D3_6_REG),
+    "standard_bo_d3_6_mixed": ("versus_bo_d3_6", BO_D3_6, {}),
+    "standard_bo_d3_6_near": ("versus_bo_d3_6", BO_D3_6, {}),
+    "standard_bo_d3_6_poly": ("versus_bo_d3_6_reg", BO_D3_6_REG, {}),
 }
 # opt-in networks or options on the long suite, each in its own database with gp's runs copied
 # in: long_poly (bo-d7-10-poly before it was the default, without the baseline cache; compared
@@ -329,12 +332,12 @@ def main() -> None:
         if suite == "indist":
             summary["indist_boundary_share_by_dim"] = by_dim
     standard = dbs["standard"]
-    for alt, (key, network) in ALTERNATIVES.items():  # opt-in d = 3..6 networks
+    for alt, (key, network, options) in ALTERNATIVES.items():  # opt-in d = 3..6 networks
         db = _db(alt)
         if db is not None and standard is not None:
             summary[alt] = {
                 "versus": versus(db),
-                key: versus_db(db, standard, reference_network=network),
+                key: versus_db(db, standard, reference_network=network, reference_options=options),
                 "boundary_share_by_dim": boundary_share(db)[1],
             }
     for alt in LONG_ALTERNATIVES:
