@@ -233,9 +233,13 @@ def _final_metrics(
         ]
     cells: dict[str, dict[str, dict[int, float]]] = {}
     for run in runs:
-        cells.setdefault(run["problem"], {}).setdefault(run["surrogate"], {})[run["seed"]] = (
-            _final_metric(run)
-        )
+        by_seed = cells.setdefault(run["problem"], {}).setdefault(run["surrogate"], {})
+        if run["seed"] in by_seed:  # two settings for one seed: pairing would pick one silently
+            raise ValueError(
+                f"{run['problem']}/{run['surrogate']} seed {run['seed']}: more than one run with "
+                f"network {network!r} and options {options!r}; name the options"
+            )
+        by_seed[run["seed"]] = _final_metric(run)
     return cells
 
 
