@@ -57,6 +57,8 @@ ALTERNATIVES = {
     "standard_bo_d3_6_mixed": ("versus_bo_d3_6", BO_D3_6, {}),
     "standard_bo_d3_6_near": ("versus_bo_d3_6", BO_D3_6, {}),
     "standard_bo_d3_6_poly": ("versus_bo_d3_6_reg", BO_D3_6_REG, {}),
+    # stop 20: bo-d3-6-poly on the copula warp against bo-d3-6-reg on it (the suite's default)
+    "standard_bo_d3_6_poly_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
 }
 # opt-in networks or options on the long suite, each in its own database with gp's runs copied
 # in: long_poly (bo-d7-10-poly before it was the default, without the baseline cache; compared
