@@ -4,7 +4,7 @@
     python experiments/train_bo_checkpoints.py --out runs/bo-chain --scale 3  # 3x the steps (GPU)
     python experiments/train_bo_checkpoints.py --out runs/tnp-chain --arch tnp --stage 1 --stage 2
 
-The recipe is a chain of eleven resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
+The recipe is a chain of twelve resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
 
 1. ``d2-start``: a fresh network (d_model 64, 3 CMABs, 32 latents, 32 Fourier features, joint
    head) on the BO prior restricted to d <= 2, ``dim_x`` 2, 4000 steps. On d <= 2 the network
@@ -52,6 +52,10 @@ The recipe is a chain of eleven resumable ``cmanp_bo.train`` runs, each in ``OUT
 11. ``bo-d710-poly`` (shipped as ``bo-d7-10-poly``, the default for d = 7..10): stage 9 with
     the polynomial memory added, 14000 steps (lr 4e-4, seed 9) on stage 9's prior. Stages 10
     and 11 are independent: run them as two processes.
+12. ``bo-d2-near`` (shipped as the opt-in ``bo-d1-2-near``): stage 8 fine-tuned for 24000 steps
+    (lr 4e-4, seed 10) on d in 1..2 with the mixed prior (``short_share`` 0.5) and near-context
+    targets (``near_share`` 0.5), the two prior changes the d = 3..6 network got in stages 4
+    and 6 and the d <= 2 networks never had. It is independent of stages 9 to 11.
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
@@ -167,6 +171,9 @@ def stages(
     poly = dict(model=POLYNOMIAL, eval_every=2000, **NEAR)  # stages 10, 11
     d36_poly = fine_tune(2, 6, 14000, seed=8, start="bo-d36-reg", **poly)
     d710_poly = fine_tune(4, 10, 14000, seed=9, start="bo-d710-reg", **poly)
+    # stage 12: stage 8 on d <= 2's mixed prior with near-context targets (what stages 4 and 6
+    # gave the d = 3..6 network, and the d = 1, 2 network never had)
+    d2_near = fine_tune(1, 2, 24000, seed=10, start="bo-d2-reg", **reg)
     d2_reg = replace(
         d2,
         steps=steps(16000),
@@ -190,6 +197,7 @@ def stages(
         9: ("bo-d710-reg", d710_reg, None),
         10: ("bo-d36-poly", d36_poly, None),
         11: ("bo-d710-poly", d710_poly, None),
+        12: ("bo-d2-near", d2_near, None),
     }
 
 

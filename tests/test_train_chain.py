@@ -39,6 +39,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "9"])
     with pytest.raises(SystemExit, match="run stage 9 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "11"])
+    with pytest.raises(SystemExit, match="run stage 8 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "12"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -85,8 +87,13 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         assert card["config"]["polynomial_memory"] is True
         assert card["config"]["regression_features"] == 64
         assert "'short_share': 0.5" in card["prior"] and "'near_share': 0.5" in card["prior"]
+    near2 = read_card(tmp_path / "bo-d2-near" / "model.pt")  # stage 12: from stage 8
+    assert near2["init_from"].endswith("bo-d2-reg/model.pt") and near2["steps"] == 24
+    assert near2["config"]["dim_x"] == 2 and near2["config"]["regression_features"] == 64
+    assert "'short_share': 0.5" in near2["prior"] and "'near_share': 0.5" in near2["prior"]
+    assert "'min_dim': 1" in near2["prior"] and near2["seed"] == 10 and near2["lr"] == 4e-4
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 11
+    assert capsys.readouterr().out.count(": finished,") == 12
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
