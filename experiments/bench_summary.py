@@ -45,10 +45,11 @@ def _db(suite: str) -> sqlite3.Connection | None:
     return db
 
 
-# fine-tunes of bo-d3-6 benchmarked on the standard suite's d = 3..6 problems, one database each
+# opt-in networks benchmarked on the standard suite's problems of their d, one database each
 # (bo-d3-6-near's runs are also merged into the standard database: it is the d = 3..6 default)
 BO_D3_6 = "bo-d3-6@ab6de5b4d773"  # the d = 3..6 default until bo-d3-6-near
 BO_D3_6_REG = "bo-d3-6-reg@838a5a6316ca"  # the d = 3..6 default since
+BO_D1_2_REG = "bo-d1-2-reg@d8323fae0b42"  # the d = 1, 2 default since stop 13
 # database -> (summary key, the standard database's network its cmanp runs are compared with,
 # by seed, and those reference runs' surrogate options: the standard database holds
 # bo-d3-6-reg's runs with and without the copula warp for the same seeds, so the options pick
@@ -59,6 +60,9 @@ ALTERNATIVES = {
     "standard_bo_d3_6_poly": ("versus_bo_d3_6_reg", BO_D3_6_REG, {}),
     # stop 20: bo-d3-6-poly on the copula warp against bo-d3-6-reg on it (the suite's default)
     "standard_bo_d3_6_poly_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    # stop 20: recipe stage 12 (not shipped; its run folder's model.pt) on the d = 2 problems,
+    # on the warp, against bo-d1-2-reg on it
+    "standard_bo_d1_2_near_rank": ("versus_bo_d1_2_reg_rank", BO_D1_2_REG, {"warp": "rank"}),
 }
 # opt-in networks or options on the long suite, each in its own database with gp's runs copied
 # in: long_poly (bo-d7-10-poly before it was the default, without the baseline cache; compared
@@ -68,7 +72,7 @@ LONG_ALTERNATIVES = ("long_poly", "long_rank")
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
 PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
 # the networks the warped cmanp runs use, whose unwarped runs (options {}) they are compared with
-UNWARPED = ("bo-d1-2-reg@d8323fae0b42", BO_D3_6_REG)
+UNWARPED = (BO_D1_2_REG, BO_D3_6_REG)
 
 
 def _current(db: sqlite3.Connection) -> list[dict]:
@@ -338,11 +342,11 @@ def main() -> None:
         if suite == "indist":
             summary["indist_boundary_share_by_dim"] = by_dim
     standard = dbs["standard"]
-    for alt, (key, network, options) in ALTERNATIVES.items():  # opt-in d = 3..6 networks
+    for alt, (key, network, options) in ALTERNATIVES.items():  # opt-in networks
         db = _db(alt)
         if db is not None and standard is not None:
             summary[alt] = {
-                "versus": versus(db),
+                "versus": versus(db, others=("gp", "sobol", "tnp", "lbanp")),
                 key: versus_db(db, standard, reference_network=network, reference_options=options),
                 "boundary_share_by_dim": boundary_share(db)[1],
             }

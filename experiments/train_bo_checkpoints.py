@@ -52,10 +52,12 @@ The recipe is a chain of twelve resumable ``cmanp_bo.train`` runs, each in ``OUT
 11. ``bo-d710-poly`` (shipped as ``bo-d7-10-poly``, the default for d = 7..10): stage 9 with
     the polynomial memory added, 14000 steps (lr 4e-4, seed 9) on stage 9's prior. Stages 10
     and 11 are independent: run them as two processes.
-12. ``bo-d2-near`` (shipped as the opt-in ``bo-d1-2-near``): stage 8 fine-tuned for 24000 steps
-    (lr 4e-4, seed 10) on d in 1..2 with the mixed prior (``short_share`` 0.5) and near-context
-    targets (``near_share`` 0.5), the two prior changes the d = 3..6 network got in stages 4
-    and 6 and the d <= 2 networks never had. It is independent of stages 9 to 11.
+12. ``bo-d2-near`` (stop 20; not shipped): stage 8 fine-tuned for 24000 steps (lr 4e-4, seed
+    10) on d in 1..2 with the mixed prior (``short_share`` 0.5) and near-context targets
+    (``near_share`` 0.5), the two prior changes the d = 3..6 network got in stages 4 and 6 and
+    the d <= 2 networks never had. It fits the plain prior better than stage 8 at n >= 64 but
+    did BO no better (README, issues 4 and 6), so stage 8 stays the d = 1, 2 default. It is
+    independent of stages 9 to 11.
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
