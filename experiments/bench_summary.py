@@ -8,6 +8,8 @@
 - long suite: median surrogate seconds per step in a window of +-10 around n, and the simple
   regret at n; per problem and seed, where CMANP first reaches gp's final regret, in
   evaluations and cumulative wall-clock, against gp's own (the issue's target);
+- standard suite: how far each model's proposals land from the incumbent (median distance in
+  the unit cube, share within 0.05), per problem;
 - best values to 4 digits (the report rounds to 2), for suites without a known optimum;
 - standard suite: CMANP against gp, sobol and the neural peers (where they ran) per problem
   (paired Wilcoxon signed-rank on the final log10 regret; the report only tests against gp),
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sqlite3
 import statistics
 import time
@@ -103,6 +106,36 @@ def boundary_share(db: sqlite3.Connection) -> tuple[dict[str, float], dict[str, 
     share = lambda c: round(c[0] / c[1], 3)  # noqa: E731
     by_dim = {f"{s}/d={d}": share(c) for (s, d), c in counts.items()}
     return {s: share(c) for s, c in per_surrogate.items()}, by_dim
+
+
+def incumbent_distance(db: sqlite3.Connection, near: float = 0.05) -> dict[str, dict]:
+    """Per problem and model-based surrogate: how far its proposals land from the incumbent
+    (the best point evaluated before each one), in the unit cube: the median Euclidean distance
+    and the share within ``near``. Small means exploiting the incumbent's basin, large means
+    exploring elsewhere."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for run in _current(db):
+        if run["surrogate"] == "sobol":
+            continue
+        steps = _steps(db, run["id"])
+        xs = [json.loads(st["x"]) for st in steps]
+        best = 0  # index of the incumbent before step i
+        dist = cells.setdefault((run["problem"], run["surrogate"]), [])
+        for i, st in enumerate(steps):
+            if i > 0:
+                if st["surrogate_s"] > 0:
+                    dist.append(math.dist(xs[i], xs[best]))
+                if st["value"] < steps[best]["value"]:
+                    best = i
+    return {
+        f"{p}/{s}": {
+            "median": round(statistics.median(d), 3),
+            f"share_within_{near}": round(sum(v < near for v in d) / len(d), 3),
+            "proposals": len(d),
+        }
+        for (p, s), d in sorted(cells.items())
+        if d
+    }
 
 
 def long_profile(db: sqlite3.Connection, ns=(50, 100, 200, 400)) -> dict[str, dict]:
@@ -332,6 +365,7 @@ def main() -> None:
         if suite == "standard":
             summary["standard_cmanp_versus"] = versus(db, others=("gp", "sobol", "tnp", "lbanp"))
             summary["standard_boundary_share_by_dim"] = by_dim
+            summary["standard_incumbent_distance"] = incumbent_distance(db)
         if suite == "long":
             summary["long_profile"] = long_profile(db)
             summary["long_reach_gp_final"] = reach_gp_final(db)
