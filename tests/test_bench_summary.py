@@ -1,9 +1,12 @@
-"""experiments/bench_summary.py: the long-suite comparisons it writes to summary.json."""
+"""experiments/bench_summary.py: the comparisons it writes to summary.json."""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from cmanp_bo.bench.store import ResultStore, RunKey
 from tests.helpers import load_experiment
@@ -65,3 +68,49 @@ def test_reach_gp_final_and_the_cache_effect(tmp_path):
         "uncached": 4.0,
         "evaluations": 3,
     }
+
+
+def _add_points(store: ResultStore, surrogate: str, seed: int, settings: dict, xs, values):
+    """A standard-suite run of branin whose step i proposes xs[i] and observes values[i]
+    (the first point is the design: surrogate time 0)."""
+    key = RunKey.make("standard", "branin", surrogate, seed, settings)
+    run = {"dim": 2, "budget": len(xs), "num_evals": len(xs), "stopped": None}
+    run |= {"best_value": min(values), "optimal_value": 0.0, "wall_s": 1.0, "surrogate_s": 1.0}
+    run |= {"peak_rss_mb": None, "hardware": "test", "finished": "2026-12-02"}
+    steps = [
+        {"step": i + 1, "x": x, "value": v, "best": min(values[: i + 1]), "regret": None}
+        | {"score": None, "surrogate_s": 0.0 if i == 0 else 0.1, "cum_surrogate_s": 0.0}
+        | {"cum_wall_s": float(i), "rss_mb": None}
+        for i, (x, v) in enumerate(zip(xs, values, strict=True))
+    ]
+    store.add(key, run, steps)
+
+
+def test_incumbent_distance_measures_from_the_best_point_before_each_proposal(tmp_path):
+    bs = _load()
+    store = ResultStore(tmp_path / "s.sqlite")
+    settings = {"acquisition": {}, "budget": None, "options": {}, "time_cap_s": None}
+    # incumbents: (0, 0) for step 2; (0, 0) for step 3 (step 2 was worse); (0.3, 0.4) for step 4
+    xs = [[0.0, 0.0], [1.0, 0.0], [0.3, 0.4], [0.3, 0.42]]
+    _add_points(store, "gp", 0, settings, xs, [1.0, 2.0, 0.5, 0.4])
+    _add_points(store, "sobol", 0, settings, xs, [1.0, 2.0, 0.5, 0.4])  # no model: left out
+    store.close()
+    out = bs.incumbent_distance(_open(tmp_path / "s.sqlite"))
+    assert list(out) == ["branin/gp"]
+    # distances 1.0, 0.5 and 0.02: median 0.5, one of three within 0.05
+    assert out["branin/gp"] == {"median": 0.5, "share_within_0.05": 0.333, "proposals": 3}
+
+
+def test_final_metrics_refuses_two_runs_of_one_seed(tmp_path):
+    bs = _load()
+    store = ResultStore(tmp_path / "s.sqlite")
+    plain = {"acquisition": {}, "budget": None, "network": "net@a", "options": {}}
+    warped = {**plain, "options": {"warp": "rank"}}
+    for settings in (plain, warped):
+        _add_points(store, "cmanp", 0, settings, [[0.1, 0.1], [0.2, 0.2]], [1.0, 0.5])
+    store.close()
+    db = _open(tmp_path / "s.sqlite")
+    by_seed = bs._final_metrics(db, "net@a", {"warp": "rank"})["branin"]["cmanp"]
+    assert by_seed == {0: pytest.approx(math.log10(0.5))}  # the final log10 regret
+    with pytest.raises(ValueError, match="seed 0: more than one run"):
+        bs._final_metrics(db, "net@a")
