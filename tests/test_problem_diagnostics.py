@@ -84,3 +84,46 @@ def test_copy_runs_moves_runs_with_their_steps_once(tmp_path):
     out.close()
     with pytest.raises(FileNotFoundError):
         copy.copy_runs(tmp_path / "missing.sqlite", dest)
+
+
+def test_incumbent_probe_reads_histories_and_measures_the_neighbourhood(tmp_path):
+    from botorch.models import SingleTaskGP
+
+    from cmanp_bo.bench.store import ResultStore, RunKey
+
+    ip = _load("incumbent_probe")
+    store = ResultStore(tmp_path / "r.sqlite")
+    settings = {"acquisition": {"num_restarts": 2, "raw_samples": 16}, "options": {}}
+    for seed in (0, 1):
+        key = RunKey.make("standard", "branin", "gp", seed, settings)
+        run = {"dim": 2, "budget": 3, "num_evals": 3, "stopped": None, "best_value": 0.0}
+        run |= {"optimal_value": 0.0, "wall_s": 1.0, "surrogate_s": 0.0}
+        run |= {"peak_rss_mb": None, "hardware": "test", "finished": "2026-12-02"}
+        steps = [
+            {"step": i + 1, "x": [0.1 * i, 0.5], "value": 3.0 - i, "best": 3.0 - i}
+            | {"regret": None, "score": None, "surrogate_s": 0.0, "cum_surrogate_s": 0.0}
+            | {"cum_wall_s": 0.0, "rss_mb": None}
+            for i in range(3)
+        ]
+        store.add(key, run, steps)
+    import sqlite3
+
+    runs = ip.histories(sqlite3.connect(tmp_path / "r.sqlite"), "branin", "gp", seeds=1)
+    assert list(runs) == [0]  # seeds below --seeds only
+    X, y, acquisition = runs[0]
+    assert X.shape == (3, 2) and y.tolist() == [3.0, 2.0, 1.0] and acquisition["raw_samples"] == 16
+    # a GP fitted to a noise-free bowl: the incumbent has the best mean, and std grows away
+    from botorch.fit import fit_gpytorch_mll
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    torch.manual_seed(0)
+    X = torch.rand(30, 2, dtype=torch.float64)
+    Y = -(X - 0.5).pow(2).sum(-1, keepdim=True)
+    gp = SingleTaskGP(X, Y)
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+    gp.eval()
+    best = int(Y.argmax())
+    row = ip.neighbourhood(gp, X, Y, best, ip._directions(2, torch.Generator().manual_seed(0)))
+    assert row["mean_best"]
+    assert row["std0"] < row["std@0.3"]
+    assert row["mean_drop@0.3"] > row["mean_drop@0.01"]
