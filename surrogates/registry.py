@@ -13,7 +13,9 @@ Names: ``sobol``, ``gp`` (Ax's default: SingleTaskGP refit every step), ``gp-che
 
 ``gp``, ``cmanp``, ``tnp`` and ``lbanp`` take ``warp="rank"``: the model and the acquisition work
 on the Gaussian copula transform of ``-y`` (``cmanp_bo.warp``), rebuilt from all points at every
-step.
+step. ``cmanp`` (and the peers) take ``anchor=k``: the acquisition works on the posterior
+conditioned exactly on the ``k`` best observations (``cmanp_bo.anchor``; noise-free objectives
+only, opt-in: on the standard suite it did not help, see the README).
 """
 
 from __future__ import annotations
@@ -158,6 +160,11 @@ class NeuralProcessSurrogate(Surrogate):
     ``warp="rank"``: the model is built at every step from all points, on the copula transform
     of ``-y`` (``cmanp_bo.warp``: each new point changes the warped value of every old one), and
     the acquisition works on that scale.
+
+    ``anchor=k`` (``k > 0``): the acquisition sees ``cmanp_bo.anchor.AnchoredModel``, the
+    posterior conditioned on ``f = y`` at the ``k`` best observations (on the warp's scale).
+    ``std_scale=s``: its posterior std is multiplied by ``s`` (``cmanp_bo.temper``; a
+    diagnostic, not a tuned setting).
     """
 
     name = "cmanp"
@@ -170,12 +177,20 @@ class NeuralProcessSurrogate(Surrogate):
         checkpoint="default",
         cache_baseline: bool = True,
         warp: str | None = None,
+        anchor: int = 0,
+        std_scale: float = 1.0,
     ) -> None:
         super().__init__(dim, seed, acquisition)
         check_warp(warp)
+        if not isinstance(anchor, int) or anchor < 0:
+            raise ValueError(f"anchor must be a non-negative integer, got {anchor!r}")
+        if not isinstance(std_scale, (int, float)) or not 0 < std_scale < float("inf"):
+            raise ValueError(f"std_scale must be a positive finite number, got {std_scale!r}")
+        self.std_scale = float(std_scale)
         self.checkpoint = checkpoint
         self.cache_baseline = cache_baseline
         self.warp = warp
+        self.anchor = anchor
         self.model: Model | None = None
         self.seen = 0
 
@@ -187,15 +202,23 @@ class NeuralProcessSurrogate(Surrogate):
             return CMANPModel(X, Y, checkpoint=self.checkpoint, cache_baseline=self.cache_baseline)
 
     def ask(self, X: Tensor, y: Tensor) -> Tensor:
-        if self.warp is not None:
-            self.model = self._build(X, warp_outcomes(-y, self.warp)[:, None])
-        elif self.model is None:
-            self.model = self._build(X, -y[:, None])
+        Y = warp_outcomes(-y, self.warp)[:, None]
+        if self.warp is not None or self.model is None:  # a warp changes every old point
+            self.model = self._build(X, Y)
         elif X.shape[0] > self.seen:
             new = slice(self.seen, None)
-            self.model = self.model.condition_on_observations(X[new], -y[new, None])
+            self.model = self.model.condition_on_observations(X[new], Y[new])
         self.seen = X.shape[0]
-        return self._optimize(self.model, X, y)
+        model = self.model
+        if self.anchor:
+            from cmanp_bo.anchor import AnchoredModel
+
+            model = AnchoredModel(model, X, Y, k=self.anchor)
+        if self.std_scale != 1.0:
+            from cmanp_bo.temper import TemperedModel
+
+            model = TemperedModel(model, self.std_scale)
+        return self._optimize(model, X, y)
 
 
 class PeerSurrogate(NeuralProcessSurrogate):
@@ -214,6 +237,8 @@ class PeerSurrogate(NeuralProcessSurrogate):
         checkpoint=None,
         cache_baseline: bool = True,
         warp: str | None = None,
+        anchor: int = 0,
+        std_scale: float = 1.0,
     ) -> None:
         if checkpoint is None:
             checkpoint = default_checkpoint(self.name, dim)
@@ -224,7 +249,9 @@ class PeerSurrogate(NeuralProcessSurrogate):
                 f"(train one with `python experiments/train_bo_checkpoints.py --arch {self.name} "
                 f"...` or `cmanp-bo train --arch {self.name} ...`)"
             )
-        super().__init__(dim, seed, acquisition, checkpoint, cache_baseline, warp)
+        super().__init__(
+            dim, seed, acquisition, checkpoint, cache_baseline, warp, anchor, std_scale
+        )
 
 
 def default_checkpoint(surrogate: str, dim: int) -> str | None:

@@ -100,3 +100,27 @@ def test_the_surrogate_option():
     s = make_surrogate("cmanp", 2, 0, options, checkpoint=small_net(dtype=torch.float64), anchor=3)
     x = s.ask(X, y)
     assert x.shape == (2,) and ((0 <= x) & (x <= 1)).all()
+
+
+def test_tempered_model_scales_the_std_and_keeps_the_mean():
+    from cmanp_bo.temper import TemperedModel
+
+    torch.manual_seed(4)
+    X = torch.rand(10, 2, dtype=torch.float64)
+    Y = torch.randn(10, 1, dtype=torch.float64)
+    base = _gp(X, Y, torch.full_like(Y, 0.01))
+    model = TemperedModel(base, 0.5)
+    Z = torch.rand(3, 4, 2, dtype=torch.float64)
+    with torch.no_grad():
+        a, b = model.posterior(Z), base.posterior(Z)
+    torch.testing.assert_close(a.mean, b.mean)
+    torch.testing.assert_close(
+        a.distribution.covariance_matrix, 0.25 * b.distribution.covariance_matrix
+    )
+    for bad in (0, -1.0, float("inf"), "0.5"):
+        with pytest.raises(ValueError, match="std_scale"):
+            TemperedModel(base, bad)
+    with pytest.raises(ValueError, match="std_scale"):
+        make_surrogate("cmanp", 2, 0, std_scale=0.0)
+    with pytest.raises(UnsupportedError, match="latent"):
+        model.posterior(Z, observation_noise=True)

@@ -1,0 +1,62 @@
+"""A model whose posterior std is scaled by a constant: a diagnostic of over- and under-confidence.
+
+``TemperedModel(model, std_scale)`` keeps ``model``'s posterior mean and multiplies its
+covariance by ``std_scale ** 2``. With ``std_scale < 1`` an acquisition explores less and
+exploits more, as it would on a more confident model. It exists to test a diagnosis (is the
+network's posterior too wide for BO on a given problem class?), not as a tuned default: a scale
+chosen on the benchmark problems would be tuned to the test set (see the README, issue 6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botorch.exceptions.errors import UnsupportedError
+from botorch.models.model import Model
+from botorch.posteriors.gpytorch import GPyTorchPosterior
+from gpytorch.distributions import MultivariateNormal
+from torch import Tensor
+
+
+class TemperedModel(Model):
+    """``model``'s latent posterior with its std multiplied by ``std_scale``."""
+
+    def __init__(self, model: Model, std_scale: float) -> None:
+        super().__init__()
+        if model.num_outputs != 1:
+            raise UnsupportedError(f"TemperedModel needs one output, got {model.num_outputs}")
+        if not isinstance(std_scale, (int, float)) or not 0 < std_scale < float("inf"):
+            raise ValueError(f"std_scale must be a positive finite number, got {std_scale!r}")
+        self.base, self.std_scale = model, float(std_scale)
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    @property
+    def batch_shape(self):
+        return self.base.batch_shape
+
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: list[int] | None = None,
+        observation_noise: bool | Tensor = False,
+        posterior_transform: Any = None,
+        **kwargs: Any,
+    ) -> GPyTorchPosterior:
+        if output_indices is not None and list(output_indices) != [0]:
+            raise UnsupportedError(f"one output; got output_indices={output_indices}")
+        if observation_noise is not False:
+            raise UnsupportedError("TemperedModel gives the latent posterior only")
+        mvn = self.base.posterior(X).distribution
+        cov = mvn.covariance_matrix * self.std_scale**2
+        posterior = GPyTorchPosterior(MultivariateNormal(mvn.mean, cov))
+        if posterior_transform is not None:
+            return posterior_transform(posterior=posterior, X=X)
+        return posterior
+
+    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> Model:
+        raise UnsupportedError(
+            "TemperedModel does not absorb observations: wrap the updated base model"
+        )
