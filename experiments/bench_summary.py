@@ -66,6 +66,13 @@ ALTERNATIVES = {
     # stop 20: recipe stage 12 (not shipped; its run folder's model.pt) on the d = 2 problems,
     # on the warp, against bo-d1-2-reg on it
     "standard_bo_d1_2_near_rank": ("versus_bo_d1_2_reg_rank", BO_D1_2_REG, {"warp": "rank"}),
+    # stop 21 (seeds 0-4 of hartmann3, ackley4, griewank4): the warped default with noise-free
+    # anchoring on the 16 or 64 best points (``anchor``), against itself without it
+    "standard_anchor16_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    "standard_anchor64_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    # stop 21: cmanp (warped) and gp both with Ax's acquisition-optimizer defaults (20 restarts,
+    # 1024 raw samples) instead of the suite's 5 and 256, against their runs with the suite's
+    "standard_ax_optimizer": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
 }
 # opt-in networks or options on the long suite, each in its own database with gp's runs copied
 # in: long_poly (bo-d7-10-poly before it was the default, without the baseline cache; compared
@@ -383,7 +390,10 @@ def main() -> None:
                 "versus": versus(db, others=("gp", "sobol", "tnp", "lbanp")),
                 key: versus_db(db, standard, reference_network=network, reference_options=options),
                 "boundary_share_by_dim": boundary_share(db)[1],
+                "incumbent_distance": incumbent_distance(db),
             }
+            if alt == "standard_ax_optimizer":  # gp's own runs against the suite's gp runs
+                summary[alt]["gp_versus_suite_optimizer"] = versus_db(db, standard, model="gp")
     for alt in LONG_ALTERNATIVES:
         db = _db(alt)
         if db is not None:
