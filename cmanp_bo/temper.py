@@ -5,12 +5,15 @@ covariance by ``std_scale ** 2``. With ``std_scale < 1`` an acquisition explores
 exploits more, as it would on a more confident model. It exists to test a diagnosis (is the
 network's posterior too wide for BO on a given problem class?), not as a tuned default: a scale
 chosen on the benchmark problems would be tuned to the test set (see the README, issue 6).
+``heldout_std_scale`` estimates a scale from a run's own data instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from botorch.exceptions.errors import UnsupportedError
 from botorch.models.model import Model
 from botorch.posteriors.gpytorch import GPyTorchPosterior
@@ -60,3 +63,28 @@ class TemperedModel(Model):
         raise UnsupportedError(
             "TemperedModel does not absorb observations: wrap the updated base model"
         )
+
+
+def heldout_std_scale(
+    build: Callable[[Tensor, Tensor], Model],
+    X: Tensor,
+    Y: Tensor,
+    holdout: int,
+    bounds: tuple[float, float] = (0.1, 3.0),
+) -> float:
+    """A std scale estimated from the data, not chosen on a benchmark: the model built (``build``)
+    on all but the last ``m = min(holdout, n // 4)`` observations predicts those ``m``
+    (noise included), and the scale is the root mean square of their z-scores, clipped to
+    ``bounds``: 1 for a calibrated model, below 1 for one whose intervals are too wide. In a BO
+    loop the last observations are the latest proposals, so it measures calibration where the
+    acquisition looks. ``1.0`` when ``m < 1``."""
+    if X.dim() != 2 or Y.shape != (X.shape[0], 1):
+        raise ValueError(f"X must be n x d and Y n x 1, got {tuple(X.shape)}, {tuple(Y.shape)}")
+    m = min(holdout, X.shape[0] // 4)
+    if m < 1:
+        return 1.0
+    model = build(X[:-m], Y[:-m])
+    with torch.no_grad():
+        post = model.posterior(X[-m:].unsqueeze(-2), observation_noise=True)
+        z = (Y[-m:, 0] - post.mean.reshape(-1)) / post.variance.reshape(-1).clamp_min(1e-12).sqrt()
+    return float(z.pow(2).mean().sqrt().clamp(*bounds))

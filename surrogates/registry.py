@@ -164,7 +164,8 @@ class NeuralProcessSurrogate(Surrogate):
     ``anchor=k`` (``k > 0``): the acquisition sees ``cmanp_bo.anchor.AnchoredModel``, the
     posterior conditioned on ``f = y`` at the ``k`` best observations (on the warp's scale).
     ``std_scale=s``: its posterior std is multiplied by ``s`` (``cmanp_bo.temper``; a
-    diagnostic, not a tuned setting).
+    diagnostic, not a tuned setting). ``calibrate=m``: the std is scaled at each step by
+    ``cmanp_bo.temper.heldout_std_scale`` on the last ``m`` points (times ``std_scale``).
     """
 
     name = "cmanp"
@@ -179,6 +180,7 @@ class NeuralProcessSurrogate(Surrogate):
         warp: str | None = None,
         anchor: int = 0,
         std_scale: float = 1.0,
+        calibrate: int = 0,
     ) -> None:
         super().__init__(dim, seed, acquisition)
         check_warp(warp)
@@ -187,6 +189,10 @@ class NeuralProcessSurrogate(Surrogate):
         if not isinstance(std_scale, (int, float)) or not 0 < std_scale < float("inf"):
             raise ValueError(f"std_scale must be a positive finite number, got {std_scale!r}")
         self.std_scale = float(std_scale)
+        if not isinstance(calibrate, int) or calibrate < 0:
+            raise ValueError(f"calibrate must be a non-negative integer, got {calibrate!r}")
+        self.calibrate = calibrate
+        self.scales: list[float] = []  # the held-out std scales, one per step (calibrate > 0)
         self.checkpoint = checkpoint
         self.cache_baseline = cache_baseline
         self.warp = warp
@@ -214,10 +220,16 @@ class NeuralProcessSurrogate(Surrogate):
             from cmanp_bo.anchor import AnchoredModel
 
             model = AnchoredModel(model, X, Y, k=self.anchor)
-        if self.std_scale != 1.0:
+        scale = self.std_scale
+        if self.calibrate:
+            from cmanp_bo.temper import heldout_std_scale
+
+            self.scales.append(heldout_std_scale(self._build, X, Y, self.calibrate))
+            scale *= self.scales[-1]
+        if scale != 1.0:
             from cmanp_bo.temper import TemperedModel
 
-            model = TemperedModel(model, self.std_scale)
+            model = TemperedModel(model, scale)
         return self._optimize(model, X, y)
 
 
@@ -239,6 +251,7 @@ class PeerSurrogate(NeuralProcessSurrogate):
         warp: str | None = None,
         anchor: int = 0,
         std_scale: float = 1.0,
+        calibrate: int = 0,
     ) -> None:
         if checkpoint is None:
             checkpoint = default_checkpoint(self.name, dim)
@@ -250,7 +263,7 @@ class PeerSurrogate(NeuralProcessSurrogate):
                 f"...` or `cmanp-bo train --arch {self.name} ...`)"
             )
         super().__init__(
-            dim, seed, acquisition, checkpoint, cache_baseline, warp, anchor, std_scale
+            dim, seed, acquisition, checkpoint, cache_baseline, warp, anchor, std_scale, calibrate
         )
 
 

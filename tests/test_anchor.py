@@ -7,6 +7,9 @@ import torch
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.exceptions.errors import UnsupportedError
 from botorch.models import SingleTaskGP
+from botorch.models.model import Model
+from botorch.posteriors.gpytorch import GPyTorchPosterior
+from gpytorch.distributions import MultivariateNormal
 
 from cmanp_bo import CMANPModel
 from cmanp_bo.anchor import AnchoredModel
@@ -124,3 +127,43 @@ def test_tempered_model_scales_the_std_and_keeps_the_mean():
         make_surrogate("cmanp", 2, 0, std_scale=0.0)
     with pytest.raises(UnsupportedError, match="latent"):
         model.posterior(Z, observation_noise=True)
+
+
+class _ConstantModel(Model):
+    """Predicts N(0, var) everywhere; records the data it was built on."""
+
+    def __init__(self, X, Y, var):
+        super().__init__()
+        self.n, self.var = X.shape[0], var
+
+    @property
+    def num_outputs(self):
+        return 1
+
+    def posterior(self, X, observation_noise=False, **kwargs):
+        mean = torch.zeros(X.shape[:-1], dtype=X.dtype)
+        cov = torch.diag_embed(torch.full(X.shape[:-1], self.var, dtype=X.dtype))
+        return GPyTorchPosterior(MultivariateNormal(mean, cov))
+
+
+def test_heldout_std_scale_is_the_rms_z_of_the_last_points():
+    from cmanp_bo.temper import heldout_std_scale
+
+    built = []
+
+    def build(X, Y):
+        built.append(X.shape[0])
+        return _ConstantModel(X, Y, var=4.0)
+
+    X = torch.rand(20, 2, dtype=torch.float64)
+    Y = torch.arange(20, dtype=torch.float64)[:, None] / 10
+    # m = min(8, 20 // 4) = 5 held out: the model sees 15 points and predicts the last 5
+    scale = heldout_std_scale(build, X, Y, holdout=8, bounds=(0.01, 10.0))
+    assert built == [15]
+    assert scale == pytest.approx((Y[-5:, 0] / 2).pow(2).mean().sqrt().item())
+    assert heldout_std_scale(build, X, Y, holdout=8, bounds=(0.01, 0.5)) == 0.5  # clipped
+    assert heldout_std_scale(build, X[:3], Y[:3], holdout=8) == 1.0  # too few points
+    with pytest.raises(ValueError, match="n x 1"):
+        heldout_std_scale(build, X, Y[:, 0], holdout=8)
+    with pytest.raises(ValueError, match="calibrate"):
+        make_surrogate("cmanp", 2, 0, calibrate=-2)
