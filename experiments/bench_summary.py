@@ -70,6 +70,12 @@ ALTERNATIVES = {
     # anchoring on the 16 or 64 best points (``anchor``), against itself without it
     "standard_anchor16_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
     "standard_anchor64_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    # stop 21 (seeds 0-4 of hartmann3, ackley4, griewank4, powell4, rosenbrock4): the warped
+    # default's posterior std scaled by 0.5 or 0.25 (``std_scale``, a diagnostic), or by the
+    # held-out z-scores of the last 8 points at each step (``calibrate``)
+    "standard_temper05_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    "standard_temper025_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    "standard_calib8_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
     # stop 21: cmanp (warped) and gp both with Ax's acquisition-optimizer defaults (20 restarts,
     # 1024 raw samples) instead of the suite's 5 and 256, against their runs with the suite's
     "standard_ax_optimizer": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
