@@ -10,8 +10,11 @@ at the steps ``--at``, as fractions of the model-driven part of the budget):
   distances ``RADII`` in random directions. ``mean_drop``: median of ``(mu(x*) - mu(x)) / s``
   (``s``: the std of the model's own training targets; the models maximise ``-y``), how fast
   the model thinks the objective worsens away from ``x*``; ``std``: median posterior std / s
-  (``std0``: at ``x*`` itself). ``mean_best``: whether ``x*`` has the highest posterior mean of
-  the evaluated points.
+  (``std0``: at ``x*`` itself); ``noise``: the median over the evaluated points of the
+  model's own noise std / s (the problems are noise-free). ``mean_best``: whether ``x*`` has
+  the highest posterior mean of the evaluated points. ``local_corr``: the rank correlation of
+  the posterior mean with the true objective over those points at each distance (does the
+  model know which way the basin goes?).
 * the acquisition optimiser: the run's own proposal is reproduced (the surrogate's
   ``_optimize``, the same seed and settings), then qLogNEI is maximised again inside the box of
   half-width ``BOX`` around ``x*``. ``local_wins``: the share of steps whose local maximum is
@@ -27,7 +30,9 @@ so a difference is the model's and not the data's.
     python experiments/incumbent_probe.py --problems hartmann3 ackley4 griewank4 powell4 \\
         --seeds 5 --threads 1                                   # about 15 min on one core
 
-Writes experiments/results/incumbent_probe.json and prints a markdown table.
+``--checkpoint NAME``: the cmanp model loads that network instead of the default (the
+histories stay the default's runs and gp's). Writes experiments/results/incumbent_probe.json
+(``--out``) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -88,8 +93,19 @@ def _directions(dim: int, gen: torch.Generator) -> torch.Tensor:
     return u / u.norm(dim=-1, keepdim=True)
 
 
-def neighbourhood(model, X: torch.Tensor, Y: torch.Tensor, best: int, u: torch.Tensor) -> dict:
-    """The posterior around ``X[best]`` in units of the training targets' std (``Y``)."""
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's correlation (no ties expected): invariant to the warp's monotone map."""
+    ra, rb = (v.argsort().argsort().double() for v in (a, b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return (ra @ rb / (ra.norm() * rb.norm()).clamp_min(1e-12)).item()
+
+
+def neighbourhood(
+    model, X: torch.Tensor, Y: torch.Tensor, best: int, u: torch.Tensor, truth=None
+) -> dict:
+    """The posterior around ``X[best]`` in units of the training targets' std (``Y``);
+    with ``truth`` (points -> the objective in the model's orientation, higher is better),
+    ``local_corr@r``: the rank correlation of the posterior mean with it at distance ``r``."""
     s = Y.std().clamp_min(1e-12).item()
     x0 = X[best]
     with torch.no_grad():
@@ -97,13 +113,21 @@ def neighbourhood(model, X: torch.Tensor, Y: torch.Tensor, best: int, u: torch.T
         mu_obs = at.mean.reshape(-1)
         mu0 = mu_obs[best].item()
         std0 = at.variance.reshape(-1)[best].sqrt().item()
-        out = {"std0": std0 / s, "mean_best": bool(mu_obs.argmax().item() == best)}
+        noisy = model.posterior(X.unsqueeze(-2), observation_noise=True).variance.reshape(-1)
+        noise = (noisy - at.variance.reshape(-1)).clamp_min(0).sqrt().median().item()
+        out = {
+            "std0": std0 / s,
+            "noise": noise / s,
+            "mean_best": bool(mu_obs.argmax().item() == best),
+        }
         for r in RADII:
             pts = (x0 + r * u).clamp(0, 1)
             post = model.posterior(pts.unsqueeze(-2))
             drop, std = (mu0 - post.mean.reshape(-1)) / s, post.variance.reshape(-1).sqrt() / s
             out[f"mean_drop@{r:g}"] = statistics.median(drop.tolist())
             out[f"std@{r:g}"] = statistics.median(std.tolist())
+            if truth is not None:
+                out[f"local_corr@{r:g}"] = rank_correlation(post.mean.reshape(-1), truth(pts))
     return out
 
 
@@ -132,20 +156,22 @@ def acquisition_check(surrogate, model, X: torch.Tensor, y: torch.Tensor, best: 
     }
 
 
-def probe_step(problem, X, y, acquisition, seed, t, num_init, u, gen) -> dict:
+def probe_step(
+    problem, X, y, acquisition, seed, t, num_init, u, gen, checkpoint: str = "default"
+) -> dict:
     """Both models on the first ``t`` points of one history."""
     Xt, yt = X[:t], y[:t]
     best = int(yt.argmin())
     options = AcquisitionOptions(**acquisition)
     out = {}
-    cm = make_surrogate("cmanp", problem.dim, seed, options, warp="rank")
+    cm = make_surrogate("cmanp", problem.dim, seed, options, warp="rank", checkpoint=checkpoint)
     gp = make_surrogate("gp", problem.dim, seed, options)
     Yc = warp_outcomes(-yt, "rank")[:, None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         models = {"cmanp": (cm, cm._build(Xt, Yc), Yc), "gp": (gp, _fit_gp(Xt, yt), -yt[:, None])}
     for name, (surrogate, model, Y) in models.items():
-        row = neighbourhood(model, Xt, Y, best, u)
+        row = neighbourhood(model, Xt, Y, best, u, truth=lambda p: -problem.evaluate(p))
         row.update(acquisition_check(surrogate, model, Xt, yt, best, t - num_init))
         out[name] = row
     pts = (Xt[best] + BOX / 2 * _directions(problem.dim, gen)).clamp(0, 1)
@@ -160,6 +186,7 @@ def summarise(cases: list[dict]) -> dict:
         rows = [c[name] for c in cases]
         s = {
             "std0": statistics.median(r["std0"] for r in rows),
+            "noise": statistics.median(r["noise"] for r in rows),
             "mean_best": statistics.mean(float(r["mean_best"]) for r in rows),
             "local_wins": statistics.mean(float(r["local"] > r["global"] + 1e-9) for r in rows),
             "local_gap": statistics.median(r["local"] - r["global"] for r in rows),
@@ -168,6 +195,7 @@ def summarise(cases: list[dict]) -> dict:
         for r in RADII:
             s[f"mean_drop@{r:g}"] = statistics.median(row[f"mean_drop@{r:g}"] for row in rows)
             s[f"std@{r:g}"] = statistics.median(row[f"std@{r:g}"] for row in rows)
+            s[f"local_corr@{r:g}"] = statistics.median(row[f"local_corr@{r:g}"] for row in rows)
         out[name] = s
     return out
 
@@ -179,6 +207,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--at", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--checkpoint", default="default", help="the network cmanp loads (on the same histories)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "incumbent_probe.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -198,11 +229,26 @@ def main() -> None:
             for seed, (X, y, acquisition) in runs.items():
                 for frac in args.at:
                     t = num_init + round(frac * (X.shape[0] - num_init))
-                    cases.append(probe_step(problem, X, y, acquisition, seed, t, num_init, u, gen))
+                    cases.append(
+                        probe_step(
+                            problem, X, y, acquisition, seed, t, num_init, u, gen, args.checkpoint
+                        )
+                    )
             results[name][f"{history}_history"] = summarise(cases)
             print(name, history, "history:", json.dumps(results[name][f"{history}_history"]))
-    args.out.write_text(json.dumps({"radii": RADII, "box": BOX, "results": results}, indent=1))
-    cols = ["std0", "std@0.03", "mean_drop@0.03", "mean_drop@0.1", "mean_best", "local_wins"]
+    meta = {"radii": RADII, "box": BOX, "checkpoint": args.checkpoint}
+    args.out.write_text(json.dumps({**meta, "results": results}, indent=1))
+    cols = [
+        "std0",
+        "noise",
+        "local_corr@0.03",
+        "local_corr@0.1",
+        "std@0.03",
+        "mean_drop@0.03",
+        "mean_drop@0.1",
+        "mean_best",
+        "local_wins",
+    ]
     print("\n| problem | history | model | " + " | ".join(cols) + " | near share |")
     print("|---" * (len(cols) + 4) + "|")
     for name, by_history in results.items():

@@ -127,3 +127,17 @@ def test_incumbent_probe_reads_histories_and_measures_the_neighbourhood(tmp_path
     assert row["mean_best"]
     assert row["std0"] < row["std@0.3"]
     assert row["mean_drop@0.3"] > row["mean_drop@0.01"]
+    # with the truth, the local rank correlation of a good fit's mean is high
+    row = ip.neighbourhood(
+        gp,
+        X,
+        Y,
+        best,
+        ip._directions(2, torch.Generator().manual_seed(0)),
+        truth=lambda p: -(p - 0.5).pow(2).sum(-1),
+    )
+    assert row["local_corr@0.3"] > 0.9
+    reversed_ranks = ip.rank_correlation(
+        torch.tensor([1.0, 2.0, 3.0]), torch.tensor([9.0, 5.0, 0.0])
+    )
+    assert reversed_ranks == pytest.approx(-1.0)
