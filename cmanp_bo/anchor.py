@@ -36,7 +36,54 @@ DEFAULT_ANCHORS = 16
 JITTER = 1e-6  # relative to the anchors' mean prior variance: a near-exact constraint
 
 
-class AnchoredModel(Model):
+class LatentWrapper(Model):
+    """A single-output model that transforms another model's latent joint posterior; the
+    subclasses implement ``_moments(X) -> (mean, covariance)``."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        if model.num_outputs != 1:
+            raise UnsupportedError(
+                f"{type(self).__name__} needs one output, got {model.num_outputs}"
+            )
+        self.base = model
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.base.batch_shape
+
+    def _moments(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: list[int] | None = None,
+        observation_noise: bool | Tensor = False,
+        posterior_transform: Any = None,
+        **kwargs: Any,
+    ) -> GPyTorchPosterior:
+        """Latent joint posterior at ``X`` (``batch_shape x q x d``)."""
+        if output_indices is not None and list(output_indices) != [0]:
+            raise UnsupportedError(f"one output; got output_indices={output_indices}")
+        if observation_noise is not False:
+            raise UnsupportedError(f"{type(self).__name__} gives the latent posterior only")
+        posterior = GPyTorchPosterior(MultivariateNormal(*self._moments(X)))
+        if posterior_transform is not None:
+            return posterior_transform(posterior=posterior, X=X)
+        return posterior
+
+    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> Model:
+        raise UnsupportedError(
+            f"{type(self).__name__} does not absorb observations: wrap the updated base model"
+        )
+
+
+class AnchoredModel(LatentWrapper):
     """``model``'s latent posterior conditioned on ``f(x) = y`` at the ``k`` observations with
     the highest ``y`` (BoTorch maximises).
 
@@ -55,9 +102,7 @@ class AnchoredModel(Model):
                 the warped outcomes).
             k: how many of the best observations to anchor (all if fewer).
         """
-        super().__init__()
-        if model.num_outputs != 1:
-            raise UnsupportedError(f"AnchoredModel needs one output, got {model.num_outputs}")
+        super().__init__(model)
         if train_X.dim() != 2 or train_Y.shape != (train_X.shape[0], 1):
             raise ValueError(
                 f"train_X must be n x d and train_Y n x 1, got {tuple(train_X.shape)} and "
@@ -68,30 +113,9 @@ class AnchoredModel(Model):
         if not (torch.isfinite(train_X).all() and torch.isfinite(train_Y).all()):
             raise ValueError("train_X and train_Y must be finite")
         best = train_Y[:, 0].topk(min(k, train_Y.shape[0])).indices.sort().values
-        self.base = model
         self.anchor_X, self.anchor_Y = train_X[best], train_Y[best, 0]
 
-    @property
-    def num_outputs(self) -> int:
-        return 1
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return self.base.batch_shape
-
-    def posterior(
-        self,
-        X: Tensor,
-        output_indices: list[int] | None = None,
-        observation_noise: bool | Tensor = False,
-        posterior_transform: Any = None,
-        **kwargs: Any,
-    ) -> GPyTorchPosterior:
-        """Latent posterior at ``X`` (``batch_shape x q x d``) given the anchors."""
-        if output_indices is not None and list(output_indices) != [0]:
-            raise UnsupportedError(f"one output; got output_indices={output_indices}")
-        if observation_noise is not False:
-            raise UnsupportedError("AnchoredModel gives the latent posterior only")
+    def _moments(self, X: Tensor) -> tuple[Tensor, Tensor]:
         k = self.anchor_X.shape[0]
         A = self.anchor_X.to(X).expand(*X.shape[:-2], k, X.shape[-1])
         joint = self.base.posterior(torch.cat([A, X], dim=-2)).distribution
@@ -107,13 +131,4 @@ class AnchoredModel(Model):
         cov_z = K_zz - K_az.transpose(-1, -2) @ W
         cov_z = 0.5 * (cov_z + cov_z.transpose(-1, -2))
         floor = 1e-9 * scale[..., None].expand(*cov_z.shape[:-1])
-        cov_z = cov_z + torch.diag_embed(floor)
-        posterior = GPyTorchPosterior(MultivariateNormal(mean_z, cov_z))
-        if posterior_transform is not None:
-            return posterior_transform(posterior=posterior, X=X)
-        return posterior
-
-    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> Model:
-        raise UnsupportedError(
-            "AnchoredModel does not absorb observations: rebuild it from the updated base model"
-        )
+        return mean_z, cov_z + torch.diag_embed(floor)

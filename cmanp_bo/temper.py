@@ -11,58 +11,26 @@ chosen on the benchmark problems would be tuned to the test set (see the README,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from botorch.exceptions.errors import UnsupportedError
 from botorch.models.model import Model
-from botorch.posteriors.gpytorch import GPyTorchPosterior
-from gpytorch.distributions import MultivariateNormal
 from torch import Tensor
 
+from cmanp_bo.anchor import LatentWrapper
 
-class TemperedModel(Model):
+
+class TemperedModel(LatentWrapper):
     """``model``'s latent posterior with its std multiplied by ``std_scale``."""
 
     def __init__(self, model: Model, std_scale: float) -> None:
-        super().__init__()
-        if model.num_outputs != 1:
-            raise UnsupportedError(f"TemperedModel needs one output, got {model.num_outputs}")
+        super().__init__(model)
         if not isinstance(std_scale, (int, float)) or not 0 < std_scale < float("inf"):
             raise ValueError(f"std_scale must be a positive finite number, got {std_scale!r}")
-        self.base, self.std_scale = model, float(std_scale)
+        self.std_scale = float(std_scale)
 
-    @property
-    def num_outputs(self) -> int:
-        return 1
-
-    @property
-    def batch_shape(self):
-        return self.base.batch_shape
-
-    def posterior(
-        self,
-        X: Tensor,
-        output_indices: list[int] | None = None,
-        observation_noise: bool | Tensor = False,
-        posterior_transform: Any = None,
-        **kwargs: Any,
-    ) -> GPyTorchPosterior:
-        if output_indices is not None and list(output_indices) != [0]:
-            raise UnsupportedError(f"one output; got output_indices={output_indices}")
-        if observation_noise is not False:
-            raise UnsupportedError("TemperedModel gives the latent posterior only")
+    def _moments(self, X: Tensor) -> tuple[Tensor, Tensor]:
         mvn = self.base.posterior(X).distribution
-        cov = mvn.covariance_matrix * self.std_scale**2
-        posterior = GPyTorchPosterior(MultivariateNormal(mvn.mean, cov))
-        if posterior_transform is not None:
-            return posterior_transform(posterior=posterior, X=X)
-        return posterior
-
-    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> Model:
-        raise UnsupportedError(
-            "TemperedModel does not absorb observations: wrap the updated base model"
-        )
+        return mvn.mean, mvn.covariance_matrix * self.std_scale**2
 
 
 def heldout_std_scale(

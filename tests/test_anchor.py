@@ -89,7 +89,7 @@ def test_bad_inputs_are_refused():
     model = AnchoredModel(base, X, Y, k=3)
     with pytest.raises(UnsupportedError, match="latent"):
         model.posterior(X[:2], observation_noise=True)
-    with pytest.raises(UnsupportedError, match="rebuild"):
+    with pytest.raises(UnsupportedError, match="wrap the updated"):
         model.condition_on_observations(X[:1], Y[:1])
 
 
