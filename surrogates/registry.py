@@ -13,9 +13,10 @@ Names: ``sobol``, ``gp`` (Ax's default: SingleTaskGP refit every step), ``gp-che
 
 ``gp``, ``cmanp``, ``tnp`` and ``lbanp`` take ``warp="rank"``: the model and the acquisition work
 on the Gaussian copula transform of ``-y`` (``cmanp_bo.warp``), rebuilt from all points at every
-step. ``cmanp`` (and the peers) take ``anchor=k``: the acquisition works on the posterior
-conditioned exactly on the ``k`` best observations (``cmanp_bo.anchor``; noise-free objectives
-only, opt-in: on the standard suite it did not help, see the README).
+step. ``cmanp`` and the peers also take three diagnostic options, off by default:
+``anchor=k`` (the posterior conditioned exactly on the ``k`` best observations,
+``cmanp_bo.anchor``; noise-free objectives only), ``std_scale=s`` and ``calibrate=m`` (a scaled
+posterior std, ``cmanp_bo.temper``). None helped on the standard suite (README, issue 6).
 """
 
 from __future__ import annotations
