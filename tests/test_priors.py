@@ -144,3 +144,59 @@ def test_bo_prior_near_context_targets():
         BOPriorSampler(near_share=-0.1)
     with pytest.raises(ValueError, match="near_min"):
         BOPriorSampler(near_share=0.5, near_min=0.3, near_max=0.2)
+
+
+def test_bo_prior_bo_like_contexts():
+    from cmanp_bo.priors import BOPriorSampler
+    from cmanp_bo.priors.bo import bo_kernel
+
+    # off by default, and the default random stream is unchanged by the option's existence
+    a = BOPriorSampler(max_dim=4, seed=3).sample(4, dim=4, num_context=10)
+    b = BOPriorSampler(max_dim=4, seed=3, cluster_share=0.0).sample(4, dim=4, num_context=10)
+    assert torch.equal(a.xc, b.xc) and torch.equal(a.yc, b.yc)
+
+    def crowding(batch):  # share of context points within 0.1 of another context point
+        dist = torch.cdist(batch.xc.double(), batch.xc.double())
+        dist = dist + 10 * torch.eye(dist.shape[-1], dtype=dist.dtype)
+        return (dist.min(-1).values < 0.1).double().mean().item()
+
+    plain = BOPriorSampler(max_dim=4, seed=4).sample(64, dim=4, num_context=60)
+    s = BOPriorSampler(max_dim=4, seed=4, cluster_share=1.0, near_max=0.05)
+    batch = s.sample(64, dim=4, num_context=60)
+    assert crowding(plain) < 0.15 and crowding(batch) > 0.5
+    assert batch.xc.min() >= 0 and batch.xc.max() <= 1
+    # the points placed after the initial design sit near the best (or worst) observations: the
+    # extreme context value's neighbourhood holds far more points than a uniform design's
+    y = batch.yc[..., 0]
+    hi = torch.gather(batch.xc, 1, y.argmax(-1)[:, None, None].expand(-1, 1, 4))
+    lo = torch.gather(batch.xc, 1, y.argmin(-1)[:, None, None].expand(-1, 1, 4))
+    around = torch.minimum((batch.xc - hi).norm(dim=-1), (batch.xc - lo).norm(dim=-1))
+    assert (around < 0.15).double().mean() > 0.2
+    # the outcomes are still one exact GP draw at the final inputs: standardised by the true
+    # covariance (RBF, known hyperparameters, the sampler's jitter), they are i.i.d. normal,
+    # although each round's inputs depend on the outcomes before it
+    exact = BOPriorSampler(
+        max_dim=3,
+        seed=7,
+        cluster_share=1.0,
+        matern_share=0.0,
+        noise_min=1e-9,
+        noise_max=1e-9,
+        irrelevant_share=0.0,
+        dtype=torch.float64,
+    )
+    zs = []
+    for _ in range(30):
+        t = exact.sample(8, dim=3, num_context=40)
+        x = t.xc
+        cov = bo_kernel(t.kernel, x, x, t.lengthscales) * t.signal_std[:, None, None] ** 2
+        nugget = t.noise_std**2 + 1e-8 * t.signal_std**2
+        chol = torch.linalg.cholesky(cov + nugget[:, None, None] * torch.eye(40, dtype=cov.dtype))
+        z = torch.linalg.solve_triangular(chol, t.yc - t.mean[:, None, None], upper=False)
+        zs.append(z.flatten())
+    z = torch.cat(zs)
+    assert abs(z.mean().item()) < 0.05 and 0.95 < z.std().item() < 1.05
+    with pytest.raises(ValueError, match="cluster_share"):
+        BOPriorSampler(cluster_share=2.0)
+    with pytest.raises(ValueError, match="cluster_rounds"):
+        BOPriorSampler(cluster_share=0.5, cluster_rounds=0)

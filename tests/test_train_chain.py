@@ -41,6 +41,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "11"])
     with pytest.raises(SystemExit, match="run stage 8 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "12"])
+    with pytest.raises(SystemExit, match="run stage 7 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "13"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -92,8 +94,13 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     assert near2["config"]["dim_x"] == 2 and near2["config"]["regression_features"] == 64
     assert "'short_share': 0.5" in near2["prior"] and "'near_share': 0.5" in near2["prior"]
     assert "'min_dim': 1" in near2["prior"] and near2["seed"] == 10 and near2["lr"] == 4e-4
+    bo36 = read_card(tmp_path / "bo-d36-bo" / "model.pt")  # stage 13: from stage 7
+    assert bo36["init_from"].endswith("bo-d36-reg/model.pt") and bo36["steps"] == 15
+    assert bo36["config"]["dim_x"] == 6 and bo36["config"]["regression_features"] == 64
+    assert "'cluster_share': 0.5" in bo36["prior"] and "'near_share': 0.5" in bo36["prior"]
+    assert bo36["seed"] == 11
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 12
+    assert capsys.readouterr().out.count(": finished,") == 13
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):

@@ -16,6 +16,16 @@ the two is fair, and covers what long BO runs see:
   d >= 3 rarely fall near an observation, so the loss barely teaches the network what it must
   get right for BO: its predictive at and around the points it has seen (the acquisition
   optimizer works near the incumbent);
+- optional BO-like contexts: with probability ``cluster_share`` (default 0: off) a task's
+  context is laid out as a BO run lays out its data: a uniform initial design of a random
+  10-50% of the points, then the rest in ``cluster_rounds`` rounds, each placing its points
+  around the best observations so far (one of the current top three, Gaussian jitter of
+  log-uniform std in ``[near_min, near_max]``, clipped to the cube), where "best" is the
+  largest or, with probability 1/2, the smallest noisy observation. The function is one GP
+  draw: each round reads the values of the points already placed off the prefix of the same
+  Cholesky factor and normals that give the final sample, so the data are exact GP samples at
+  inputs that depend on earlier outcomes. Uniform contexts never show the network the dense
+  clusters around the incumbent that BO data have (experiments/incumbent_probe.py);
 - irrelevant dimensions: each dimension is dropped (constant function along it) with
   probability ``irrelevant_share``, keeping at least one relevant dimension;
 - output scale ``~ LogNormal(0, 1)`` and mean ``~ N(0, 1)`` (removed again by the outcome frame,
@@ -97,6 +107,8 @@ class BOPriorSampler:
         near_share: float = 0.0,
         near_min: float = 1e-3,
         near_max: float = 0.2,
+        cluster_share: float = 0.0,
+        cluster_rounds: int = 4,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -119,6 +131,11 @@ class BOPriorSampler:
                 "need 0 <= near_share <= 1 and 0 < near_min <= near_max, "
                 f"got {near_share}, {near_min} and {near_max}"
             )
+        if not (0.0 <= cluster_share <= 1.0 and cluster_rounds >= 1):
+            raise ValueError(
+                "need 0 <= cluster_share <= 1 and cluster_rounds >= 1, "
+                f"got {cluster_share} and {cluster_rounds}"
+            )
         self.max_dim, self.min_dim, self.pad_dim = max_dim, min_dim, pad_dim
         self.num_targets = num_targets
         self.min_context, self.max_context = min_context, max_context
@@ -126,6 +143,7 @@ class BOPriorSampler:
         self.noise_min, self.noise_max = noise_min, noise_max
         self.short_share, self.short_factor = short_share, short_factor
         self.near_share, self.near_min, self.near_max = near_share, near_min, near_max
+        self.cluster_share, self.cluster_rounds = cluster_share, cluster_rounds
         self.dtype = dtype
         self.gen = torch.Generator().manual_seed(seed)
 
@@ -162,6 +180,36 @@ class BOPriorSampler:
         moved = (base + jitter).clamp(0.0, 1.0)
         return torch.cat([x[:, :nc], torch.where(near, moved, x[:, nc:])], dim=1)
 
+    def _clustered_context(
+        self, x: Tensor, nc: int, kernel: str, ls: Tensor, z: Tensor, noise: Tensor
+    ) -> Tensor:
+        """Re-place the context points of a ``cluster_share`` of the tasks as a BO run would:
+        a uniform initial design, then rounds around the best (noisy) values so far. ``z`` are
+        the normals the final sample is ``L z`` of and ``noise`` the observation noise, so the
+        values read here are the ones the task will have."""
+        b, n, d = x.shape
+        clustered = self._rand(b, 1, 1) < self.cluster_share
+        sign = torch.where(self._rand(b, 1) < 0.5, -1.0, 1.0).to(x)
+        n_init = max(1, int(nc * (0.1 + 0.4 * self._rand(1).item())))
+        bounds = torch.linspace(n_init, nc, self.cluster_rounds + 1).round().long().tolist()
+        x = x.clone()
+        jitter = 1e-8 * torch.eye(nc, dtype=x.dtype)
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            if stop <= start:
+                continue
+            seen = x[:, :start]
+            chol = torch.linalg.cholesky(bo_kernel(kernel, seen, seen, ls) + jitter[:start, :start])
+            y = (chol @ z[:, :start] + noise[:, :start]).squeeze(-1) * sign
+            top = y.topk(min(3, start), dim=1).indices  # b x k
+            pick = (self._rand(b, stop - start) * top.shape[1]).floor().long()
+            centre = torch.gather(top, 1, pick)  # b x m
+            base = torch.gather(seen, 1, centre[..., None].expand(-1, -1, d))
+            std = self._log_uniform(self.near_min, self.near_max, b, stop - start, 1)
+            step = std * torch.randn(b, stop - start, d, generator=self.gen, dtype=x.dtype)
+            moved = (base + step).clamp(0.0, 1.0)
+            x[:, start:stop] = torch.where(clustered, moved, x[:, start:stop])
+        return x
+
     def sample(
         self, batch_size: int, dim: int | None = None, num_context: int | None = None
     ) -> BOBatch:
@@ -177,6 +225,8 @@ class BOPriorSampler:
         b = batch_size
         kernel, ls = self.hyperparameters(b, d)
         x = self._rand(b, n, d)
+        if self.cluster_share > 0:  # drawn only when on: the default stream stays as it was
+            return self._sample_clustered(x, nc, d, kernel, ls)
         if self.near_share > 0:  # drawn only when on: the default stream stays as it was
             x = self._near_context_targets(x, nc)
         cov = bo_kernel(kernel, x, x, ls)
@@ -190,6 +240,40 @@ class BOPriorSampler:
         noise = noise_frac[:, None, None] * torch.randn(
             b, n, 1, generator=self.gen, dtype=torch.float64
         )
+        return self._batch(x, f, noise, mean, out_scale, noise_frac, nc, d, ls, kernel)
+
+    def _sample_clustered(self, x: Tensor, nc: int, d: int, kernel: str, ls: Tensor) -> BOBatch:
+        """``sample`` with BO-like contexts on (its draws in their own order)."""
+        b, n, _ = x.shape
+        out_scale = torch.exp(torch.randn(b, generator=self.gen, dtype=torch.float64))
+        noise_frac = self._log_uniform(self.noise_min, self.noise_max, b)
+        z = torch.randn(b, n, 1, generator=self.gen, dtype=torch.float64)
+        noise = noise_frac[:, None, None] * torch.randn(
+            b, n, 1, generator=self.gen, dtype=torch.float64
+        )
+        mean = torch.randn(b, 1, 1, generator=self.gen, dtype=torch.float64)
+        x = self._clustered_context(x, nc, kernel, ls, z, noise)
+        if self.near_share > 0:
+            x = self._near_context_targets(x, nc)
+        jitter = 1e-8 * torch.eye(n, dtype=torch.float64)
+        f = torch.linalg.cholesky(bo_kernel(kernel, x, x, ls) + jitter) @ z
+        return self._batch(x, f, noise, mean, out_scale, noise_frac, nc, d, ls, kernel)
+
+    def _batch(
+        self,
+        x: Tensor,
+        f: Tensor,
+        noise: Tensor,
+        mean: Tensor,
+        out_scale: Tensor,
+        noise_frac: Tensor,
+        nc: int,
+        d: int,
+        ls: Tensor,
+        kernel: str,
+    ) -> BOBatch:
+        """Scale, frame, pad and package a sampled batch."""
+        b = x.shape[0]
         y = mean + out_scale[:, None, None] * (f + noise)
         frame = OutcomeFrame.from_data(y[:, :nc])
         y = frame.apply(y)
