@@ -43,6 +43,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "12"])
     with pytest.raises(SystemExit, match="run stage 7 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "13"])
+    with pytest.raises(SystemExit, match="run stage 11 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "14"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -99,8 +101,13 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     assert bo36["config"]["dim_x"] == 6 and bo36["config"]["regression_features"] == 64
     assert "'cluster_share': 0.5" in bo36["prior"] and "'near_share': 0.5" in bo36["prior"]
     assert bo36["seed"] == 11
+    long710 = read_card(tmp_path / "bo-d710-long" / "model.pt")  # stage 14: from stage 11
+    assert long710["init_from"].endswith("bo-d710-poly/model.pt") and long710["steps"] == 10
+    assert long710["config"]["dim_x"] == 10 and long710["config"]["polynomial_memory"] is True
+    assert "'max_context': 1024" in long710["prior"] and "'min_dim': 4" in long710["prior"]
+    assert "'near_share': 0.5" in long710["prior"] and long710["seed"] == 12
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 13
+    assert capsys.readouterr().out.count(": finished,") == 14
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
