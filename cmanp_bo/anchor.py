@@ -108,7 +108,7 @@ class AnchoredModel(LatentWrapper):
                 f"train_X must be n x d and train_Y n x 1, got {tuple(train_X.shape)} and "
                 f"{tuple(train_Y.shape)}"
             )
-        if not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if not (torch.isfinite(train_X).all() and torch.isfinite(train_Y).all()):
             raise ValueError("train_X and train_Y must be finite")

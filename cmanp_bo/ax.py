@@ -233,11 +233,14 @@ class CopulaY(Transform):
         return self._map_observation_data(observation_data, inverse=True)
 
     def _map_observation_data(self, observation_data: list[Any], inverse: bool) -> list[Any]:
+        # the map is locally linear: y_i -> a_i + s_i * y_i, so Cov[i, j] -> s_i * s_j * Cov[i, j]
+        # (metrics it leaves alone have s = 1; their covariance with a mapped one scales by s_i)
         for obsd in observation_data:
+            slopes = np.ones(len(obsd.metric_signatures))
             for i, metric in enumerate(obsd.metric_signatures):
                 if metric in self.knots and np.isfinite(obsd.means[i]):
-                    obsd.means[i], slope = self._map(metric, obsd.means[i], inverse)
-                    obsd.covariance[i, i] *= slope**2
+                    obsd.means[i], slopes[i] = self._map(metric, obsd.means[i], inverse)
+            obsd.covariance = obsd.covariance * np.outer(slopes, slopes)
         return observation_data
 
 

@@ -19,14 +19,23 @@ from torch import Tensor
 from cmanp_bo.anchor import LatentWrapper
 
 
+def check_std_scale(std_scale: float) -> float:
+    """``std_scale`` as a float; ``ValueError`` unless a positive finite number (not a bool)."""
+    if (
+        isinstance(std_scale, bool)
+        or not isinstance(std_scale, (int, float))
+        or not 0 < std_scale < float("inf")
+    ):
+        raise ValueError(f"std_scale must be a positive finite number, got {std_scale!r}")
+    return float(std_scale)
+
+
 class TemperedModel(LatentWrapper):
     """``model``'s latent posterior with its std multiplied by ``std_scale``."""
 
     def __init__(self, model: Model, std_scale: float) -> None:
         super().__init__(model)
-        if not isinstance(std_scale, (int, float)) or not 0 < std_scale < float("inf"):
-            raise ValueError(f"std_scale must be a positive finite number, got {std_scale!r}")
-        self.std_scale = float(std_scale)
+        self.std_scale = check_std_scale(std_scale)
 
     def _moments(self, X: Tensor) -> tuple[Tensor, Tensor]:
         mvn = self.base.posterior(X).distribution

@@ -32,6 +32,7 @@ from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 
 from cmanp_bo.acquisition import DEFAULT_MAX_BASELINE, best_baseline
+from cmanp_bo.temper import check_std_scale
 from cmanp_bo.warp import check_warp, warp_outcomes
 
 
@@ -185,12 +186,10 @@ class NeuralProcessSurrogate(Surrogate):
     ) -> None:
         super().__init__(dim, seed, acquisition)
         check_warp(warp)
-        if not isinstance(anchor, int) or anchor < 0:
+        if isinstance(anchor, bool) or not isinstance(anchor, int) or anchor < 0:
             raise ValueError(f"anchor must be a non-negative integer, got {anchor!r}")
-        if not isinstance(std_scale, (int, float)) or not 0 < std_scale < float("inf"):
-            raise ValueError(f"std_scale must be a positive finite number, got {std_scale!r}")
-        self.std_scale = float(std_scale)
-        if not isinstance(calibrate, int) or calibrate < 0:
+        self.std_scale = check_std_scale(std_scale)
+        if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 0:
             raise ValueError(f"calibrate must be a non-negative integer, got {calibrate!r}")
         self.calibrate = calibrate
         self.scales: list[float] = []  # the held-out std scales, one per step (calibrate > 0)

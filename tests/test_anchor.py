@@ -80,8 +80,9 @@ def test_bad_inputs_are_refused():
     X = torch.rand(6, 2, dtype=torch.float64)
     Y = torch.randn(6, 1, dtype=torch.float64)
     base = _gp(X, Y, torch.full_like(Y, 0.01))
-    with pytest.raises(ValueError, match="k must be"):
-        AnchoredModel(base, X, Y, k=0)
+    for bad in (0, True, 2.0):  # a bool is not a count
+        with pytest.raises(ValueError, match="k must be"):
+            AnchoredModel(base, X, Y, k=bad)
     with pytest.raises(ValueError, match="n x 1"):
         AnchoredModel(base, X, Y[:, 0])
     with pytest.raises(ValueError, match="finite"):
@@ -94,8 +95,9 @@ def test_bad_inputs_are_refused():
 
 
 def test_the_surrogate_option():
-    with pytest.raises(ValueError, match="anchor"):
-        make_surrogate("cmanp", 2, 0, anchor=-1)
+    for bad in (-1, True):
+        with pytest.raises(ValueError, match="anchor"):
+            make_surrogate("cmanp", 2, 0, anchor=bad)
     torch.manual_seed(3)
     X = torch.rand(8, 2, dtype=torch.float64)
     y = (X - 0.5).pow(2).sum(-1)
@@ -120,11 +122,11 @@ def test_tempered_model_scales_the_std_and_keeps_the_mean():
     torch.testing.assert_close(
         a.distribution.covariance_matrix, 0.25 * b.distribution.covariance_matrix
     )
-    for bad in (0, -1.0, float("inf"), "0.5"):
+    for bad in (0, -1.0, float("inf"), "0.5", True):
         with pytest.raises(ValueError, match="std_scale"):
             TemperedModel(base, bad)
-    with pytest.raises(ValueError, match="std_scale"):
-        make_surrogate("cmanp", 2, 0, std_scale=0.0)
+        with pytest.raises(ValueError, match="std_scale"):
+            make_surrogate("cmanp", 2, 0, std_scale=bad)
     with pytest.raises(UnsupportedError, match="latent"):
         model.posterior(Z, observation_noise=True)
 
@@ -165,5 +167,6 @@ def test_heldout_std_scale_is_the_rms_z_of_the_last_points():
     assert heldout_std_scale(build, X[:3], Y[:3], holdout=8) == 1.0  # too few points
     with pytest.raises(ValueError, match="n x 1"):
         heldout_std_scale(build, X, Y[:, 0], holdout=8)
-    with pytest.raises(ValueError, match="calibrate"):
-        make_surrogate("cmanp", 2, 0, calibrate=-2)
+    for bad in (-2, True):
+        with pytest.raises(ValueError, match="calibrate"):
+            make_surrogate("cmanp", 2, 0, calibrate=bad)

@@ -406,6 +406,16 @@ def test_copula_transform_round_trip_and_errors():
     obsd = ObservationData(["m"], np.array([3.0]), np.array([[0.25]]))
     (back,) = t._untransform_observation_data(t._transform_observation_data([obsd]))
     assert back.means[0] == pytest.approx(3.0) and back.covariance[0, 0] == pytest.approx(0.25)
+    # with a second metric it leaves alone (a constraint in raw units): the cross-covariance
+    # scales by the mapped metric's slope only, so the matrix stays a valid covariance
+    cov = np.array([[0.25, 0.3], [0.3, 1.0]])
+    obsd = ObservationData(["m", "c"], np.array([3.0, 7.0]), cov.copy())
+    (warped,) = t._transform_observation_data([obsd])
+    s = t._map("m", 3.0)[1]
+    assert s == pytest.approx(0.5) and warped.means[1] == 7.0
+    assert np.allclose(warped.covariance, [[0.25 * s**2, 0.3 * s], [0.3 * s, 1.0]])
+    (back,) = t._untransform_observation_data([warped])
+    assert np.allclose(back.covariance, cov) and back.means[0] == pytest.approx(3.0)
     with pytest.raises(ValueError, match="unknown warp"):
         cax.cmanp_generation_strategy(warp="log")
     with pytest.raises(NotImplementedError, match="single objective"):
