@@ -45,8 +45,9 @@ metric (``NonFiniteY``); failed and abandoned trials are left out, as Ax does.
 
 ``cmanp_generation_strategy(warp="rank")`` adds ``CopulaY``: the objective's observations are
 replaced by the Gaussian copula transform of their ranks (``cmanp_bo.warp``), and the acquisition
-works on that scale. Each new trial changes the warped value of every old one, so the state cache
-misses and every call encodes all points again (one at a time, as on any cache miss).
+works on that scale; ``warp="power"`` adds ``PowerY``, the smooth Yeo-Johnson alternative.
+Each new trial changes the warped value of every old one, so the state cache misses and every
+call encodes all points again (one at a time, as on any cache miss).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ from botorch.models.model import Model
 
 from cmanp_bo.acquisition import DEFAULT_MAX_BASELINE, best_baseline
 from cmanp_bo.botorch_model import CMANPModel, EmbedRecord, StateCache
-from cmanp_bo.warp import check_warp, copula_warp
+from cmanp_bo.warp import check_warp, warp_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -144,18 +145,21 @@ class NonFiniteY(Transform):
 _WARNED_NON_FINITE: set[tuple[int, int, str]] = set()
 
 
-class CopulaY(Transform):
-    """The Gaussian copula transform of the objective's observations (``cmanp_bo.warp``).
+class WarpY(Transform):
+    """A monotone warp of the objective's observations (``cmanp_bo.warp``; ``WARP`` names it).
 
-    Fitted on the data the adapter is built from: each observed mean becomes
-    ``Phi^-1((rank - 1/2) / n)`` among the n observations of its metric (ties: average rank),
-    and SEMs are dropped (the network cannot use them). Any other value, e.g. a prediction to
-    untransform, goes through the monotone piecewise-linear map between the observed values and
-    their scores, continued linearly beyond them with the slopes of the end segments; variances
-    scale with the local slope squared. Monotone increasing, so the objective's direction holds.
-    Only single-objective experiments; outcome-constraint metrics are left in raw units.
+    Fitted on the data the adapter is built from: each observed mean becomes its warped value
+    among the n observations of its metric (``CopulaY``: ``Phi^-1((rank - 1/2) / n)``, ties
+    sharing the average rank; ``PowerY``: the standardised Yeo-Johnson transform), and SEMs are
+    dropped (the network cannot use them). Any other value, e.g. a prediction to untransform,
+    goes through the monotone piecewise-linear map between the observed values and their warped
+    values, continued linearly beyond them with the slopes of the end segments; covariances
+    scale with the local slopes (``Cov[i, j]`` by ``s_i s_j``). Monotone increasing, so the
+    objective's direction holds. Only single-objective experiments; outcome-constraint metrics
+    are left in raw units.
     """
 
+    WARP = "rank"
     requires_data_for_initialization = True
 
     def __init__(
@@ -175,11 +179,13 @@ class CopulaY(Transform):
         metrics = self.config.get("metrics")
         if metrics is None:
             if optimization_config is None:
-                raise ValueError("CopulaY needs an optimization config or config['metrics']")
+                raise ValueError(
+                    f"{type(self).__name__} needs an optimization config or config['metrics']"
+                )
             if optimization_config.is_moo_problem:
                 raise NotImplementedError(
-                    "warp='rank' supports a single objective; for several objectives use the "
-                    "default warp=None"
+                    f"warp={self.WARP!r} supports a single objective; for several objectives "
+                    "use the default warp=None"
                 )
             metrics = list(optimization_config.objective.metric_signatures)
         means = experiment_data.observation_data["mean"]
@@ -191,7 +197,8 @@ class CopulaY(Transform):
             values = values[np.isfinite(values)]
             if values.size == 0:
                 continue
-            scores = copula_warp(torch.as_tensor(values, dtype=torch.float64)).numpy()
+            scores = warp_outcomes(torch.as_tensor(values, dtype=torch.float64), self.WARP)
+            scores = scores.numpy()
             y, first = np.unique(values, return_index=True)  # ties share their score
             self.knots[metric] = (y, scores[first])
 
@@ -242,6 +249,22 @@ class CopulaY(Transform):
                     obsd.means[i], slopes[i] = self._map(metric, obsd.means[i], inverse)
             obsd.covariance = obsd.covariance * np.outer(slopes, slopes)
         return observation_data
+
+
+class CopulaY(WarpY):
+    """``WarpY`` with the Gaussian copula (rank) transform: ``warp="rank"``."""
+
+    WARP = "rank"
+
+
+class PowerY(WarpY):
+    """``WarpY`` with the standardised Yeo-Johnson transform: ``warp="power"``."""
+
+    WARP = "power"
+
+
+#: the Ax transform of each warp name
+WARP_TRANSFORMS: dict[str, type[WarpY]] = {"rank": CopulaY, "power": PowerY}
 
 
 #: Adapter transforms of the CMANP node: Ax's defaults for BoTorch (``MBM_X_trans + Y_trans``)
@@ -314,9 +337,11 @@ def cmanp_generation_strategy(
             mean, at most this many (``cmanp_bo.acquisition``), so the acquisition's cost stops
             growing with the number of trials; ``None``: every observed point, as in Ax.
         warp: ``"rank"`` models the objective on the Gaussian copula transform of its
-            observations (``CopulaY``; one objective only). In the benchmark's standard suite
-            (Ax's synthetic problems, run through the same warp in the BoTorch surrogate, not
-            through this strategy) it beat the unwarped network on 4 of 10 and lost on none
+            observations (``CopulaY``; one objective only); ``"power"`` on their standardised
+            Yeo-Johnson transform (``PowerY``, smooth; README, issue 6, stop 23). In the
+            benchmark's standard suite (Ax's synthetic problems, run through the same warp in
+            the BoTorch surrogate, not through this strategy) the rank warp beat the unwarped
+            network on 4 of 10 and lost on none
             (README, issue 6). Each call then encodes every point, a cost linear in the trials.
 
     Returns:
@@ -349,7 +374,9 @@ def cmanp_generation_strategy(
     )
     generator_kwargs: dict[str, Any] = {
         "surrogate_spec": SurrogateSpec(model_configs=[model_config]),
-        "transforms": CMANP_TRANSFORMS if warp is None else [*CMANP_TRANSFORMS, CopulaY],
+        "transforms": (
+            CMANP_TRANSFORMS if warp is None else [*CMANP_TRANSFORMS, WARP_TRANSFORMS[warp]]
+        ),
         "transform_configs": {
             "Derelativize": {"use_raw_status_quo": True},
             "BilogY": {"derelativize_with_raw_status_quo": True},
@@ -521,6 +548,7 @@ register_model(CMANPModel)
 register_acquisition(BoundedBaselineAcquisition)
 register_transform(NonFiniteY)
 register_transform(CopulaY)
+register_transform(PowerY)
 
 
 __all__ = [
@@ -529,6 +557,9 @@ __all__ = [
     "BoundedBaselineAcquisition",
     "CopulaY",
     "NonFiniteY",
+    "PowerY",
+    "WARP_TRANSFORMS",
+    "WarpY",
     "clear_state_cache",
     "cmanp_generation_strategy",
     "cmanp_generation_strategy_for",

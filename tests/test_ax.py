@@ -30,7 +30,7 @@ from botorch.models.model import Model, ModelList
 
 import cmanp_bo.ax as cax
 from cmanp_bo.botorch_model import CMANPModel
-from cmanp_bo.warp import copula_warp
+from cmanp_bo.warp import copula_warp, power_warp
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:no pretrained BO checkpoint:RuntimeWarning"),
@@ -388,6 +388,26 @@ def test_rank_warp_sees_only_the_order_of_the_objective():
     n = seen.shape[-2]
     losses = torch.tensor([squashed(p)["loss"] for p in runs[1][:n]], dtype=torch.float64)
     assert torch.allclose(seen.reshape(-1), copula_warp(losses), atol=1e-12)
+
+
+def test_power_warp_models_the_yeo_johnson_of_the_objective():
+    cax.clear_state_cache()
+    client = make_client(init=3, warp="power")
+    with with_rng_seed(3):
+        trials = [t[k] for t in (step(client) for _ in range(6)) for k in t]
+    assert node_of(client, 5) == "CMANP"
+    model, adapter = surrogate_model(client), client._generation_strategy.adapter
+    assert "PowerY" in adapter.transforms and "CopulaY" not in adapter.transforms
+    # the model saw the power transform of the observed losses, not the losses
+    _, seen = model._history.concatenated()
+    n = seen.shape[-2]
+    losses = torch.tensor([quad(p)["loss"] for p in trials[:n]], dtype=torch.float64)
+    assert torch.allclose(seen.reshape(-1), power_warp(losses), atol=1e-9)
+    # predictions come back in the metric's units
+    x = trials[0]
+    (out,) = client.predict([x])
+    z = model.posterior(torch.tensor([[x["x0"], x["x1"]]], dtype=torch.float64)).mean.item()
+    assert adapter.transforms["PowerY"]._map("loss", out["loss"][0])[0] == pytest.approx(z)
 
 
 def test_copula_transform_round_trip_and_errors():
