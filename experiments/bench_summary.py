@@ -53,6 +53,8 @@ def _db(suite: str) -> sqlite3.Connection | None:
 BO_D3_6 = "bo-d3-6@ab6de5b4d773"  # the d = 3..6 default until bo-d3-6-near
 BO_D3_6_REG = "bo-d3-6-reg@838a5a6316ca"  # the d = 3..6 default since
 BO_D1_2_REG = "bo-d1-2-reg@d8323fae0b42"  # the d = 1, 2 default since stop 13
+# the networks the warped cmanp runs use, whose unwarped runs (options {}) they are compared with
+UNWARPED = (BO_D1_2_REG, BO_D3_6_REG)
 # database -> (summary key, the standard database's network its cmanp runs are compared with,
 # by seed, and those reference runs' surrogate options: the standard database holds
 # bo-d3-6-reg's runs with and without the copula warp for the same seeds, so the options pick
@@ -79,6 +81,12 @@ ALTERNATIVES = {
     # stop 21: cmanp (warped) and gp both with Ax's acquisition-optimizer defaults (20 restarts,
     # 1024 raw samples) instead of the suite's 5 and 256, against their runs with the suite's
     "standard_ax_optimizer": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    # stop 23: recipe stage 13 (bo-d36-bo, BO-like contexts; its run folder's model.pt) on the
+    # warp, on the 7 problems with d = 3..6, against bo-d3-6-reg on it
+    "standard_bo_d3_6_bo_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    # stop 23: the default networks on the Yeo-Johnson warp (``warp="power"``), all 10
+    # problems, against the same networks on the copula warp (the suite's setting)
+    "standard_power": ("versus_rank", UNWARPED, {"warp": "rank"}),
 }
 # opt-in networks or options on the long suite, each in its own database with gp's runs copied
 # in: long_poly (bo-d7-10-poly before it was the default, without the baseline cache; compared
@@ -87,8 +95,6 @@ LONG_ALTERNATIVES = ("long_poly", "long_rank")
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
 PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
-# the networks the warped cmanp runs use, whose unwarped runs (options {}) they are compared with
-UNWARPED = (BO_D1_2_REG, BO_D3_6_REG)
 
 
 def _current(db: sqlite3.Connection) -> list[dict]:

@@ -141,3 +141,24 @@ def test_incumbent_probe_reads_histories_and_measures_the_neighbourhood(tmp_path
         torch.tensor([1.0, 2.0, 3.0]), torch.tensor([9.0, 5.0, 0.0])
     )
     assert reversed_ranks == pytest.approx(-1.0)
+
+
+def test_warp_noise_measures_the_models_noise_under_each_warp(tmp_path):
+    wn = _load("warp_noise")
+    torch.manual_seed(0)
+    X = torch.rand(12, 2, dtype=torch.float64)
+    y = -(X - 0.4).pow(2).sum(-1)
+    for warp in wn.WARPS:  # a ratio of stds: the outcomes' scale and offset do not matter
+        a, b = (
+            wn.model_noise(2, X, y, warp, "default"),
+            wn.model_noise(2, X, 5 * y - 3, warp, "default"),
+        )
+        assert 0 < a < 1 and a == pytest.approx(b, rel=1e-6)
+    # the rank warp sees only the order: a monotone map of the outcomes leaves it unchanged
+    rank = wn.model_noise(2, X, y, "rank", "default")
+    assert rank == pytest.approx(wn.model_noise(2, X, torch.exp(4 * y), "rank", "default"))
+    out = tmp_path / "w.json"
+    wn.main(["--dims", "2", "--sizes", "8", "--tasks", "2", "--problems", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["data"] == "prior" and row["d"] == 2 and row["n"] == 8 and row["tasks"] == 2
+    assert all(0 < row[w] < 1 for w in ("None", "rank", "power"))
