@@ -90,8 +90,9 @@ ALTERNATIVES = {
 }
 # opt-in networks or options on the long suite, each in its own database with gp's runs copied
 # in: long_poly (bo-d7-10-poly before it was the default, without the baseline cache; compared
-# with the cached runs as ``long_cache_effect``) and long_rank (cmanp on the copula warp)
-LONG_ALTERNATIVES = ("long_poly", "long_rank")
+# with the cached runs as ``long_cache_effect``), long_rank (cmanp on the copula warp) and
+# long_d7_10_long (stop 23: recipe stage 14's bo-d710-long, seed 0 of rosenbrock8 and levy10)
+LONG_ALTERNATIVES = ("long_poly", "long_rank", "long_d7_10_long")
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
 PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
