@@ -17,6 +17,10 @@ step. ``cmanp`` and the peers also take three diagnostic options, off by default
 ``anchor=k`` (the posterior conditioned exactly on the ``k`` best observations,
 ``cmanp_bo.anchor``; noise-free objectives only), ``std_scale=s`` and ``calibrate=m`` (a scaled
 posterior std, ``cmanp_bo.temper``). None helped on the standard suite (README, issue 6).
+
+``gp``, ``cmanp`` and the peers take ``trust_region=True`` (``cmanp_bo.trust``): TuRBO-1's
+trust region around the incumbent; the model is built on the region's points in the region's
+own frame and the acquisition is optimised inside it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import Tensor
 
 from cmanp_bo.acquisition import DEFAULT_MAX_BASELINE, best_baseline
 from cmanp_bo.temper import check_std_scale
+from cmanp_bo.trust import Frame, TrustRegion
 from cmanp_bo.warp import check_warp, warp_outcomes
 
 
@@ -55,6 +60,8 @@ class Surrogate:
         self.dim, self.seed = dim, seed
         self.acq = acquisition or AcquisitionOptions()
         self.calls = 0
+        self.trust: TrustRegion | None = None  # set by the surrogates that take trust_region
+        self.lengths: list[float] = []  # the trust region's side at each step
 
     def ask(self, X: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -71,11 +78,13 @@ class Surrogate:
             prune_baseline=True,
         )
 
-    def _optimize(self, model: Model, X: Tensor, y: Tensor) -> Tensor:
+    def _optimize(self, model: Model, X: Tensor, y: Tensor, bounds: Tensor | None = None) -> Tensor:
         torch.manual_seed(self.seed * 100_003 + self.calls)
         self.calls += 1
         acqf = self.acquisition(model, X)
-        bounds = torch.stack([torch.zeros(self.dim), torch.ones(self.dim)]).to(X)
+        if bounds is None:
+            bounds = torch.stack([torch.zeros(self.dim), torch.ones(self.dim)])
+        bounds = bounds.to(X)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optimizer restarts and non-convergence notes
             cand, _ = optimize_acqf(
@@ -86,6 +95,20 @@ class Surrogate:
                 raw_samples=self.acq.raw_samples,
             )
         return cand[0].detach()
+
+    def _trust_frame(self, X: Tensor, y: Tensor) -> Frame | None:
+        """This step's trust-region frame (``trust_region=True``), else ``None``."""
+        if self.trust is None:
+            return None
+        self.trust.observe(y)
+        self.lengths.append(self.trust.length)
+        return self.trust.frame(X, y)
+
+
+def _check_trust(trust_region: bool, dim: int) -> TrustRegion | None:
+    if not isinstance(trust_region, bool):
+        raise ValueError(f"trust_region must be true or false, got {trust_region!r}")
+    return TrustRegion(dim) if trust_region else None
 
 
 class SobolSurrogate(Surrogate):
@@ -118,13 +141,25 @@ class GPSurrogate(Surrogate):
 
     name = "gp"
 
-    def __init__(self, dim: int, seed: int, acquisition=None, warp: str | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        seed: int,
+        acquisition=None,
+        warp: str | None = None,
+        trust_region: bool = False,
+    ) -> None:
         super().__init__(dim, seed, acquisition)
         check_warp(warp)
         self.warp = warp
+        self.trust = _check_trust(trust_region, dim)
 
     def ask(self, X: Tensor, y: Tensor) -> Tensor:
-        return self._optimize(_fit_gp(X, y, self.warp), X, y)
+        frame = self._trust_frame(X, y)
+        if frame is None:
+            return self._optimize(_fit_gp(X, y, self.warp), X, y)
+        model = _fit_gp(frame.X, frame.y, self.warp)
+        return frame.to_global(self._optimize(model, frame.X, frame.y, frame.bounds))
 
 
 class CheapGPSurrogate(Surrogate):
@@ -183,9 +218,11 @@ class NeuralProcessSurrogate(Surrogate):
         anchor: int = 0,
         std_scale: float = 1.0,
         calibrate: int = 0,
+        trust_region: bool = False,
     ) -> None:
         super().__init__(dim, seed, acquisition)
         check_warp(warp)
+        self.trust = _check_trust(trust_region, dim)
         if isinstance(anchor, bool) or not isinstance(anchor, int) or anchor < 0:
             raise ValueError(f"anchor must be a non-negative integer, got {anchor!r}")
         self.std_scale = check_std_scale(std_scale)
@@ -208,8 +245,12 @@ class NeuralProcessSurrogate(Surrogate):
             return CMANPModel(X, Y, checkpoint=self.checkpoint, cache_baseline=self.cache_baseline)
 
     def ask(self, X: Tensor, y: Tensor) -> Tensor:
+        frame = self._trust_frame(X, y)
+        if frame is not None:  # the model sees the region's points, in its frame
+            X, y = frame.X, frame.y
         Y = warp_outcomes(-y, self.warp)[:, None]
-        if self.warp is not None or self.model is None:  # a warp changes every old point
+        if self.warp is not None or self.model is None or frame is not None:
+            # a warp changes every old point; a trust region changes the frame
             self.model = self._build(X, Y)
         elif X.shape[0] > self.seen:
             new = slice(self.seen, None)
@@ -230,7 +271,9 @@ class NeuralProcessSurrogate(Surrogate):
             from cmanp_bo.temper import TemperedModel
 
             model = TemperedModel(model, scale)
-        return self._optimize(model, X, y)
+        if frame is None:
+            return self._optimize(model, X, y)
+        return frame.to_global(self._optimize(model, X, y, frame.bounds))
 
 
 class PeerSurrogate(NeuralProcessSurrogate):
@@ -252,6 +295,7 @@ class PeerSurrogate(NeuralProcessSurrogate):
         anchor: int = 0,
         std_scale: float = 1.0,
         calibrate: int = 0,
+        trust_region: bool = False,
     ) -> None:
         if checkpoint is None:
             checkpoint = default_checkpoint(self.name, dim)
@@ -263,7 +307,16 @@ class PeerSurrogate(NeuralProcessSurrogate):
                 f"...` or `cmanp-bo train --arch {self.name} ...`)"
             )
         super().__init__(
-            dim, seed, acquisition, checkpoint, cache_baseline, warp, anchor, std_scale, calibrate
+            dim,
+            seed,
+            acquisition,
+            checkpoint,
+            cache_baseline,
+            warp,
+            anchor,
+            std_scale,
+            calibrate,
+            trust_region,
         )
 
 
