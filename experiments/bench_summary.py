@@ -87,12 +87,16 @@ ALTERNATIVES = {
     # stop 23: the default networks on the Yeo-Johnson warp (``warp="power"``), all 10
     # problems, against the same networks on the copula warp (the suite's setting)
     "standard_power": ("versus_rank", UNWARPED, {"warp": "rank"}),
+    # stop 24: the default networks on the warp in TuRBO-1's trust region (``trust_region``),
+    # all 10 problems, against the same networks on the warp without it
+    "standard_trust": ("versus_rank", UNWARPED, {"warp": "rank"}),
 }
 # opt-in networks or options on the long suite, each in its own database with gp's runs copied
 # in: long_poly (bo-d7-10-poly before it was the default, without the baseline cache; compared
 # with the cached runs as ``long_cache_effect``), long_rank (cmanp on the copula warp) and
-# long_d7_10_long (stop 23: recipe stage 14's bo-d710-long, seed 0 of rosenbrock8 and levy10)
-LONG_ALTERNATIVES = ("long_poly", "long_rank", "long_d7_10_long")
+# long_d7_10_long (stop 23: recipe stage 14's bo-d710-long, seed 0 of rosenbrock8 and levy10),
+# long_trust (stop 24: the default networks in the trust region, ``trust_region``)
+LONG_ALTERNATIVES = ("long_poly", "long_rank", "long_d7_10_long", "long_trust")
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
 PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
@@ -426,6 +430,12 @@ def main() -> None:
             summary["standard_gp_rank"] = {
                 "gp_rank_versus_gp": versus_db(gp_rank, standard, model="gp"),
                 "cmanp_rank_versus_gp_rank": versus(gp_rank, others=("gp",)),
+            }
+        gp_trust = _db("standard_gp_trust")  # gp in the trust region, cmanp's trust runs copied in
+        if gp_trust is not None:
+            summary["standard_gp_trust"] = {
+                "gp_trust_versus_gp": versus_db(gp_trust, standard, model="gp"),
+                "cmanp_trust_versus_gp_trust": versus(gp_trust, others=("gp",)),
             }
     if args.rebuild:
         summary["state_cache_rebuild"] = rebuild_cost()
