@@ -132,6 +132,31 @@ def boundary_share(db: sqlite3.Connection) -> tuple[dict[str, float], dict[str, 
     return {s: share(c) for s, c in per_surrogate.items()}, by_dim
 
 
+def trust_final_side(db: sqlite3.Connection, surrogate: str = "cmanp") -> dict[str, dict]:
+    """Per problem, how many of ``surrogate``'s runs ended with each trust-region side: TuRBO-1's
+    schedule (``cmanp_bo.trust.TrustRegion``) replayed on each run's stored values."""
+    import torch
+
+    from cmanp_bo.bench.problems import get_problem
+    from cmanp_bo.trust import TrustRegion
+
+    out: dict[str, dict[str, int]] = {}
+    for run in _current(db):
+        if run["surrogate"] != surrogate:
+            continue
+        options = json.loads(run["settings"])["options"]
+        if not options.get("trust_region"):
+            continue
+        values = torch.tensor([st["value"] for st in _steps(db, run["id"])], dtype=torch.float64)
+        tr = TrustRegion(run["dim"])
+        tr.observe(values[: get_problem(run["problem"]).num_init])
+        tr.observe(values[:-1])  # the last value was proposed in the region of the one before
+        side = f"{tr.length:g}"
+        cell = out.setdefault(run["problem"], {})
+        cell[side] = cell.get(side, 0) + 1
+    return {p: dict(sorted(c.items(), key=lambda kv: float(kv[0]))) for p, c in sorted(out.items())}
+
+
 def incumbent_distance(db: sqlite3.Connection, near: float = 0.05) -> dict[str, dict]:
     """Per problem and model-based surrogate: how far its proposals land from the incumbent
     (the best point evaluated before each one), in the unit cube: the median Euclidean distance
@@ -409,6 +434,8 @@ def main() -> None:
                 "boundary_share_by_dim": boundary_share(db)[1],
                 "incumbent_distance": incumbent_distance(db),
             }
+            if alt == "standard_trust":
+                summary[alt]["final_side"] = trust_final_side(db)
             if alt == "standard_ax_optimizer":  # gp's own runs against the suite's gp runs
                 summary[alt]["gp_versus_suite_optimizer"] = versus_db(db, standard, model="gp")
     for alt in LONG_ALTERNATIVES:

@@ -114,3 +114,20 @@ def test_final_metrics_refuses_two_runs_of_one_seed(tmp_path):
     assert by_seed == {0: pytest.approx(math.log10(0.5))}  # the final log10 regret
     with pytest.raises(ValueError, match="seed 0: more than one run"):
         bs._final_metrics(db, "net@a")
+
+
+def test_trust_final_side_replays_the_schedule_up_to_the_last_proposal(tmp_path):
+    bs = _load()
+    store = ResultStore(tmp_path / "s.sqlite")
+    trust = {"acquisition": {}, "budget": None, "options": {"trust_region": True}}
+    plain = {**trust, "options": {}}
+    # branin: 5 initial points, then 4 failures (the side halves to 0.4) and a last evaluation,
+    # whose own value does not change the side it was proposed in
+    values = [5.0, 4.0, 3.0, 2.0, 1.0, 9.0, 9.0, 9.0, 9.0, 0.1]
+    xs = [[0.1 * i, 0.1 * i] for i in range(len(values))]
+    _add_points(store, "cmanp", 0, trust, xs, values)
+    _add_points(store, "cmanp", 1, trust, xs[:6], values[:6])  # one proposal: the initial side
+    _add_points(store, "gp", 0, plain, xs, values)  # no trust region: left out
+    store.close()
+    out = bs.trust_final_side(_open(tmp_path / "s.sqlite"))
+    assert out == {"branin": {"0.4": 1, "0.8": 1}}
