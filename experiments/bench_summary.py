@@ -95,8 +95,9 @@ ALTERNATIVES = {
 # in: long_poly (bo-d7-10-poly before it was the default, without the baseline cache; compared
 # with the cached runs as ``long_cache_effect``), long_rank (cmanp on the copula warp) and
 # long_d7_10_long (stop 23: recipe stage 14's bo-d710-long, seed 0 of rosenbrock8 and levy10),
-# long_trust (stop 24: the default networks in the trust region, ``trust_region``)
-LONG_ALTERNATIVES = ("long_poly", "long_rank", "long_d7_10_long", "long_trust")
+# long_trust (stop 24: the default networks in the trust region, ``trust_region``) and
+# long_gp_trust (gp in the trust region, with cmanp's trust-region runs copied in)
+LONG_ALTERNATIVES = ("long_poly", "long_rank", "long_d7_10_long", "long_trust", "long_gp_trust")
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
 PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
@@ -441,7 +442,9 @@ def main() -> None:
     for alt in LONG_ALTERNATIVES:
         db = _db(alt)
         if db is not None:
-            summary[alt] = {"profile": long_profile(db), "reach_gp_final": reach_gp_final(db)}
+            # the trust-region runs reach 1000 evaluations within the cap: profile them further
+            ns = (50, 100, 200, 400, 800) if "trust" in alt else (50, 100, 200, 400)
+            summary[alt] = {"profile": long_profile(db, ns), "reach_gp_final": reach_gp_final(db)}
             if alt == "long_poly" and dbs["long"] is not None:
                 summary[alt]["long_cache_effect"] = cache_effect(dbs["long"], db)
     if standard is not None:
