@@ -104,6 +104,12 @@ class Surrogate:
         self.lengths.append(self.trust.length)
         return self.trust.frame(X, y)
 
+    def _propose(self, model: Model, X: Tensor, y: Tensor, frame: Frame | None) -> Tensor:
+        """``_optimize`` on the unit cube, or inside ``frame``'s region and mapped back."""
+        if frame is None:
+            return self._optimize(model, X, y)
+        return frame.to_global(self._optimize(model, X, y, frame.bounds))
+
 
 def _check_trust(trust_region: bool, dim: int) -> TrustRegion | None:
     if not isinstance(trust_region, bool):
@@ -156,10 +162,9 @@ class GPSurrogate(Surrogate):
 
     def ask(self, X: Tensor, y: Tensor) -> Tensor:
         frame = self._trust_frame(X, y)
-        if frame is None:
-            return self._optimize(_fit_gp(X, y, self.warp), X, y)
-        model = _fit_gp(frame.X, frame.y, self.warp)
-        return frame.to_global(self._optimize(model, frame.X, frame.y, frame.bounds))
+        if frame is not None:  # the model sees the region's points, in its frame
+            X, y = frame.X, frame.y
+        return self._propose(_fit_gp(X, y, self.warp), X, y, frame)
 
 
 class CheapGPSurrogate(Surrogate):
@@ -271,9 +276,7 @@ class NeuralProcessSurrogate(Surrogate):
             from cmanp_bo.temper import TemperedModel
 
             model = TemperedModel(model, scale)
-        if frame is None:
-            return self._optimize(model, X, y)
-        return frame.to_global(self._optimize(model, X, y, frame.bounds))
+        return self._propose(model, X, y, frame)
 
 
 class PeerSurrogate(NeuralProcessSurrogate):
