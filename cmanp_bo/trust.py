@@ -72,6 +72,8 @@ class TrustRegion:
         The first call takes the initial design as it is."""
         if y.dim() != 1:
             raise ValueError(f"y must be a vector, got shape {tuple(y.shape)}")
+        if not torch.isfinite(y).all():
+            raise ValueError("y must be finite (no NaN or inf)")
         if y.shape[0] < self.seen:
             raise ValueError(f"y has {y.shape[0]} points, {self.seen} were seen before")
         if self.seen == 0:
@@ -97,6 +99,8 @@ class TrustRegion:
             raise ValueError(
                 f"need X n x {self.dim} and y of n, got {tuple(X.shape)} and {tuple(y.shape)}"
             )
+        if X.shape[0] == 0 or not (torch.isfinite(X).all() and torch.isfinite(y).all()):
+            raise ValueError("need at least one point, and finite X and y (no NaN or inf)")
         center = X[y.argmin()]
         distance = (X - center).abs().amax(dim=-1)  # the cube's norm
         k = min(self.min_context, X.shape[0])

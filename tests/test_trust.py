@@ -89,6 +89,16 @@ def test_bad_inputs_are_refused():
         tr.observe(torch.rand(6, 1))
     with pytest.raises(ValueError, match="need X"):
         tr.frame(torch.rand(5, 3), torch.rand(5))
+    for bad in (float("nan"), float("inf")):
+        y = torch.rand(6)
+        y[2] = bad
+        with pytest.raises(ValueError, match="finite"):
+            tr.observe(y)
+        with pytest.raises(ValueError, match="finite"):
+            tr.frame(torch.rand(6, 2), y)
+    assert tr.seen == 5 and tr.length == 0.8  # the refused calls changed nothing
+    with pytest.raises(ValueError, match="at least one point"):
+        tr.frame(torch.rand(0, 2), torch.rand(0))
     for name in ("cmanp", "gp"):
         with pytest.raises(ValueError, match="trust_region"):
             make_surrogate(name, 2, 0, trust_region=1)
