@@ -109,6 +109,9 @@ def _long_problem(name: str) -> Problem:
         "ackley10": lambda: Ackley(dim=10),
         "levy10": lambda: Levy(dim=10),
         "rosenbrock8": lambda: Rosenbrock(dim=8),
+        "ackley2_long": lambda: Ackley(dim=2),
+        "levy2_long": lambda: Levy(dim=2),
+        "rosenbrock2_long": lambda: Rosenbrock(dim=2),
     }[name]()
     return Problem(
         name=name,
@@ -120,6 +123,9 @@ def _long_problem(name: str) -> Problem:
 
 
 LONG = ("hartmann6_long", "ackley10", "levy10", "rosenbrock8")
+# The long suite's functions at d = 2, where the neural peers (shipped for d <= 2 only) can run:
+# family "long", not among the suite's default problems
+LONG_D2 = ("ackley2_long", "levy2_long", "rosenbrock2_long")
 
 
 # ------------------------------------------------------------------------------- in-distribution
@@ -243,14 +249,14 @@ def _hpo_problem(name: str) -> Problem:
 INDIST: tuple[str, ...] = tuple(
     f"prior{d}_{k}" for d in INDIST_DIMS for k in range(INDIST_FUNCTIONS)
 )
-PROBLEMS: tuple[str, ...] = STANDARD + LONG + INDIST + HPO
+PROBLEMS: tuple[str, ...] = STANDARD + LONG + LONG_D2 + INDIST + HPO
 
 
 def problem_family(name: str) -> str:
     """``"standard"``, ``"long"``, ``"hpo"`` or ``"indist"``; ``ValueError`` for an unknown name."""
     if name in STANDARD:
         return "standard"
-    if name in LONG:
+    if name in LONG or name in LONG_D2:
         return "long"
     if name in HPO:
         return "hpo"
@@ -258,7 +264,7 @@ def problem_family(name: str) -> str:
         return "indist"
     raise ValueError(
         f"unknown problem {name!r}; choose from the standard problems {list(STANDARD)}, the "
-        f"long ones {list(LONG)}, the hpo ones {list(HPO)} or prior<d>_<k> with d in "
+        f"long ones {list(LONG + LONG_D2)}, the hpo ones {list(HPO)} or prior<d>_<k> with d in "
         f"{list(INDIST_DIMS)} and k < {INDIST_FUNCTIONS}"
     )
 
@@ -267,6 +273,7 @@ _STANDARD_DIMS = {"branin": 2, "hartmann3": 3, "hartmann6": 6, "six_hump_camel":
 _STANDARD_DIMS |= {"three_hump_camel": 2} | {f"{f}4": 4 for f in ("ackley", "levy", "powell")}
 _STANDARD_DIMS |= {"rosenbrock4": 4, "griewank4": 4}
 _LONG_DIMS = {"hartmann6_long": 6, "ackley10": 10, "levy10": 10, "rosenbrock8": 8}
+_LONG_DIMS |= {name: 2 for name in LONG_D2}
 
 
 def problem_dim(name: str) -> int:

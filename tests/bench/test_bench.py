@@ -221,13 +221,33 @@ def test_suite_option_defaults_are_stored_and_overridable():
 
 
 def test_problem_dim_matches_the_built_problems():
-    from cmanp_bo.bench.problems import HPO, LONG, STANDARD, problem_dim
+    from cmanp_bo.bench.problems import HPO, LONG, LONG_D2, STANDARD, problem_dim
 
-    for name in (*STANDARD, *LONG, *HPO, "prior2_0", "prior8_3"):
+    for name in (*STANDARD, *LONG, *LONG_D2, *HPO, "prior2_0", "prior8_3"):
         expected = int(name[5]) if name.startswith("prior") else get_problem(name).dim
         assert problem_dim(name) == expected, name
     with pytest.raises(ValueError, match="unknown problem"):
         problem_dim("nope")
+
+
+def test_long_d2_problems_are_the_long_functions_at_d2_and_not_suite_defaults():
+    from botorch.test_functions import Ackley, Levy, Rosenbrock
+
+    from cmanp_bo.bench.problems import LONG_D2, problem_family
+    from cmanp_bo.bench.runner import SUITES
+
+    assert set(LONG_D2).isdisjoint(SUITES["long"].problems)
+    fns = {"ackley2_long": Ackley(dim=2), "levy2_long": Levy(dim=2)}
+    fns["rosenbrock2_long"] = Rosenbrock(dim=2)
+    for name, fn in fns.items():
+        problem = get_problem(name)
+        assert problem_family(name) == "long" and problem.budget == 1000
+        assert problem.optimal_value == pytest.approx(fn.optimal_value)
+        # the known minimiser, mapped onto the unit cube, evaluates to the optimal value
+        lo, hi = fn.bounds.to(torch.float64)
+        x_star = (torch.tensor(fn.optimizers[0], dtype=torch.float64) - lo) / (hi - lo)
+        assert problem.evaluate(x_star[None]).item() == pytest.approx(fn.optimal_value, abs=1e-9)
+        assert problem.regret(problem.optimal_value + 0.5) == pytest.approx(0.5)
 
 
 def test_report_shows_only_the_current_settings_of_a_cell(tmp_path):
