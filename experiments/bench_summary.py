@@ -97,7 +97,15 @@ ALTERNATIVES = {
 # long_d7_10_long (stop 23: recipe stage 14's bo-d710-long, seed 0 of rosenbrock8 and levy10),
 # long_trust (stop 24: the default networks in the trust region, ``trust_region``) and
 # long_gp_trust (gp in the trust region, with cmanp's trust-region runs copied in)
-LONG_ALTERNATIVES = ("long_poly", "long_rank", "long_d7_10_long", "long_trust", "long_gp_trust")
+# long_d2 (stop 25): the long suite's functions at d = 2 (``LONG_D2``), cmanp and the peers
+LONG_ALTERNATIVES = (
+    "long_poly",
+    "long_rank",
+    "long_d7_10_long",
+    "long_trust",
+    "long_gp_trust",
+    "long_d2",
+)
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
 PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
@@ -244,6 +252,62 @@ def reach_gp_final(db: sqlite3.Connection, model: str = "cmanp", reference: str 
             entry["ratio"] = round(hit["cum_wall_s"] / own["cum_wall_s"], 4)
         out[f"{problem}/seed{seed}"] = entry
     return out
+
+
+def peers_at_n(
+    db: sqlite3.Connection,
+    model: str = "cmanp",
+    peers=("tnp", "lbanp"),
+    ns=(100, 500, 990),
+) -> dict:
+    """The peer target on long runs (issue 6: ``model`` ahead of the peers in time and memory at
+    n >= 1000 with regret not worse), per problem and seed: each network's evaluations, final
+    regret, median surrogate seconds per step within +-10 of each n, and its process's peak RSS
+    (one process per run); then over all problems and seeds, ``model`` against each peer on the
+    final log10 regret (paired Wilcoxon) and on the step time near the last n."""
+    from cmanp_bo.bench.report import _final_metric
+
+    wanted = (model, *peers)
+    runs = {(r["problem"], r["surrogate"], r["seed"]): r for r in _current(db)}
+    per_run: dict[str, dict] = {}
+    finals: dict[str, dict] = {s: {} for s in wanted}
+    step_s: dict[str, dict] = {s: {} for s in wanted}
+    for (problem, surrogate, seed), run in sorted(runs.items()):
+        if surrogate not in wanted:
+            continue
+        steps = [(st["step"], st["surrogate_s"]) for st in _steps(db, run["id"])]
+        near = {
+            n: round(statistics.median(t for k, t in steps if abs(k - n) <= 10 and t > 0), 4)
+            for n in ns
+            if any(abs(k - n) <= 10 and t > 0 for k, t in steps)
+        }
+        per_run.setdefault(f"{problem}/seed{seed}", {})[surrogate] = {
+            "evaluations": run["num_evals"],
+            "capped": run["stopped"] is not None,
+            "final_regret": float(f"{run['best_value'] - run['optimal_value']:.4g}"),
+            "s_per_step_near_n": near,
+            "peak_rss_mb": None if run["peak_rss_mb"] is None else round(run["peak_rss_mb"], 1),
+        }
+        finals[surrogate][problem, seed] = _final_metric(run)
+        if ns[-1] in near:
+            step_s[surrogate][problem, seed] = near[ns[-1]]
+    pooled = {}
+    for peer in peers:
+        paired = sorted(set(finals[model]) & set(finals[peer]))  # (problem, seed) of both
+        mine = {i: finals[model][k] for i, k in enumerate(paired)}
+        theirs = {i: finals[peer][k] for i, k in enumerate(paired)}
+        timed = sorted(set(step_s[model]) & set(step_s[peer]))
+        pooled[peer] = {
+            "final_log10_regret": _paired(mine, theirs),
+            f"{model}_lower_regret_in": sum(mine[i] < theirs[i] for i in mine),
+            f"{model}_higher_regret_in": sum(mine[i] > theirs[i] for i in mine),
+            f"median_step_s_near_{ns[-1]}": {
+                s: statistics.median(step_s[s][k] for k in timed) if timed else None
+                for s in (model, peer)
+            }
+            | {"runs": len(timed)},
+        }
+    return {"runs": per_run, f"{model}_versus": pooled}
 
 
 def cache_effect(cached: sqlite3.Connection, uncached: sqlite3.Connection) -> dict[str, dict]:
@@ -445,6 +509,8 @@ def main() -> None:
             # the trust-region runs reach 1000 evaluations within the cap: profile them further
             ns = (50, 100, 200, 400, 800) if "trust" in alt else (50, 100, 200, 400)
             summary[alt] = {"profile": long_profile(db, ns), "reach_gp_final": reach_gp_final(db)}
+            if alt == "long_d2":
+                summary[alt]["peers_at_n"] = peers_at_n(db)
             if alt == "long_poly" and dbs["long"] is not None:
                 summary[alt]["long_cache_effect"] = cache_effect(dbs["long"], db)
     if standard is not None:

@@ -131,3 +131,50 @@ def test_trust_final_side_replays_the_schedule_up_to_the_last_proposal(tmp_path)
     store.close()
     out = bs.trust_final_side(_open(tmp_path / "s.sqlite"))
     assert out == {"branin": {"0.4": 1, "0.8": 1}}
+
+
+def test_peers_at_n_pairs_runs_by_problem_and_seed(tmp_path):
+    bs = _load()
+    store = ResultStore(tmp_path / "r.sqlite")
+    n = 30
+    # cmanp ends lower than tnp on every (problem, seed) and its steps are cheaper; lbanp ties
+    for problem in ("ackley2_long", "levy2_long"):
+        for seed in range(3):
+            for surrogate, final, step in (("cmanp", 1e-3, 0.1), ("tnp", 1e-1, 0.5)):
+                _add_d2(
+                    store, problem, surrogate, seed, final, [step * (1 + i / n) for i in range(n)]
+                )
+            _add_d2(store, problem, "lbanp", seed, 1e-3, [0.3] * n, rss=900.0)
+    _add_d2(store, "ackley2_long", "tnp", 3, 1e-1, [0.5] * n)  # no cmanp run of seed 3: unpaired
+    store.close()
+    out = bs.peers_at_n(_open(tmp_path / "r.sqlite"), ns=(10, 25))
+    run = out["runs"]["ackley2_long/seed0"]
+    assert set(run) == {"cmanp", "tnp", "lbanp"}
+    assert run["cmanp"]["final_regret"] == pytest.approx(1e-3)
+    assert run["cmanp"]["evaluations"] == n + 2 and run["lbanp"]["peak_rss_mb"] == 900.0
+    # the median over steps 15..32 (+-10 around 25): the proposals i = 12..29 after the design
+    assert run["tnp"]["s_per_step_near_n"][25] == pytest.approx(0.5 * (1 + 20.5 / n), abs=1e-4)
+    tnp, lbanp = out["cmanp_versus"]["tnp"], out["cmanp_versus"]["lbanp"]
+    assert tnp["final_log10_regret"]["seeds"] == 6 and tnp["final_log10_regret"]["mean_diff"] == -2
+    assert tnp["final_log10_regret"]["verdict"] == "better"
+    assert tnp["cmanp_lower_regret_in"] == 6 and tnp["cmanp_higher_regret_in"] == 0
+    assert tnp["median_step_s_near_25"]["runs"] == 6
+    assert tnp["median_step_s_near_25"]["cmanp"] < tnp["median_step_s_near_25"]["tnp"]
+    assert lbanp["final_log10_regret"]["verdict"] == "n.s."
+    assert lbanp["cmanp_lower_regret_in"] == 0 == lbanp["cmanp_higher_regret_in"]
+
+
+def _add_d2(store, problem, surrogate, seed, final, step_s, rss=500.0):
+    key = RunKey.make("long", problem, surrogate, seed, {"budget": len(step_s) + 2})
+    n = len(step_s) + 2  # two design points
+    run = {"dim": 2, "budget": n, "num_evals": n, "stopped": None, "best_value": final}
+    run |= {"optimal_value": 0.0, "wall_s": 1.0, "surrogate_s": sum(step_s)}
+    run |= {"peak_rss_mb": rss, "hardware": "test", "finished": "2026-12-03"}
+    times = [0.0, 0.0, *step_s]
+    steps = [
+        {"step": i + 1, "x": [0.5, 0.5], "value": final, "best": final, "regret": final}
+        | {"score": None, "surrogate_s": t, "cum_surrogate_s": 0.0, "cum_wall_s": float(i)}
+        | {"rss_mb": rss}
+        for i, t in enumerate(times)
+    ]
+    store.add(key, run, steps)
