@@ -262,20 +262,25 @@ def peers_at_n(
 ) -> dict:
     """The peer target on long runs (issue 6: ``model`` ahead of the peers in time and memory at
     n >= 1000 with regret not worse), per problem and seed: each network's evaluations, final
-    regret, median surrogate seconds per step within +-10 of each n, and its process's peak RSS
-    (one process per run); then over all problems and seeds, ``model`` against each peer on the
-    final log10 regret (paired Wilcoxon) and on the step time near the last n."""
-    from cmanp_bo.bench.report import _final_metric
+    regret, regret and median surrogate seconds per step within +-10 of each n, and its
+    process's peak RSS (one process per run); then over all problems and seeds, ``model``
+    against each peer on the log10 regret (paired Wilcoxon) at the end (the same wall-clock
+    where the cap stopped both) and after ``ns[1]`` evaluations, and on the step time near the
+    last n."""
+    from cmanp_bo.bench.report import _final_metric, _log_regret
 
     wanted = (model, *peers)
     runs = {(r["problem"], r["surrogate"], r["seed"]): r for r in _current(db)}
     per_run: dict[str, dict] = {}
     finals: dict[str, dict] = {s: {} for s in wanted}
     step_s: dict[str, dict] = {s: {} for s in wanted}
+    at_n: dict[str, dict] = {s: {} for s in wanted}  # log10 regret after ns[1] evaluations
     for (problem, surrogate, seed), run in sorted(runs.items()):
         if surrogate not in wanted:
             continue
-        steps = [(st["step"], st["surrogate_s"]) for st in _steps(db, run["id"])]
+        rows = _steps(db, run["id"])
+        steps = [(st["step"], st["surrogate_s"]) for st in rows]
+        regret_at = {n: float(f"{rows[n - 1]['regret']:.4g}") for n in ns if n <= len(rows)}
         near = {
             n: round(statistics.median(t for k, t in steps if abs(k - n) <= 10 and t > 0), 4)
             for n in ns
@@ -285,10 +290,13 @@ def peers_at_n(
             "evaluations": run["num_evals"],
             "capped": run["stopped"] is not None,
             "final_regret": float(f"{run['best_value'] - run['optimal_value']:.4g}"),
+            "regret_at_n": regret_at,
             "s_per_step_near_n": near,
             "peak_rss_mb": None if run["peak_rss_mb"] is None else round(run["peak_rss_mb"], 1),
         }
         finals[surrogate][problem, seed] = _final_metric(run)
+        if ns[1] in regret_at:
+            at_n[surrogate][problem, seed] = _log_regret(regret_at[ns[1]])
         if ns[-1] in near:
             step_s[surrogate][problem, seed] = near[ns[-1]]
     pooled = {}
@@ -297,8 +305,13 @@ def peers_at_n(
         mine = {i: finals[model][k] for i, k in enumerate(paired)}
         theirs = {i: finals[peer][k] for i, k in enumerate(paired)}
         timed = sorted(set(step_s[model]) & set(step_s[peer]))
+        both = sorted(set(at_n[model]) & set(at_n[peer]))
         pooled[peer] = {
             "final_log10_regret": _paired(mine, theirs),
+            f"log10_regret_after_{ns[1]}": _paired(
+                {i: at_n[model][k] for i, k in enumerate(both)},
+                {i: at_n[peer][k] for i, k in enumerate(both)},
+            ),
             f"{model}_lower_regret_in": sum(mine[i] < theirs[i] for i in mine),
             f"{model}_higher_regret_in": sum(mine[i] > theirs[i] for i in mine),
             f"median_step_s_near_{ns[-1]}": {

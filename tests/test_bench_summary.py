@@ -157,6 +157,9 @@ def test_peers_at_n_pairs_runs_by_problem_and_seed(tmp_path):
     tnp, lbanp = out["cmanp_versus"]["tnp"], out["cmanp_versus"]["lbanp"]
     assert tnp["final_log10_regret"]["seeds"] == 6 and tnp["final_log10_regret"]["mean_diff"] == -2
     assert tnp["final_log10_regret"]["verdict"] == "better"
+    assert run["tnp"]["regret_at_n"] == {10: pytest.approx(0.1), 25: pytest.approx(0.1)}
+    assert tnp["log10_regret_after_25"]["verdict"] == "better"
+    assert tnp["log10_regret_after_25"]["mean_diff"] == pytest.approx(-2)
     assert tnp["cmanp_lower_regret_in"] == 6 and tnp["cmanp_higher_regret_in"] == 0
     assert tnp["median_step_s_near_25"]["runs"] == 6
     assert tnp["median_step_s_near_25"]["cmanp"] < tnp["median_step_s_near_25"]["tnp"]
