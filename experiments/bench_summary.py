@@ -10,6 +10,8 @@
   evaluations and cumulative wall-clock, against gp's own (the issue's target);
 - standard suite: how far each model's proposals land from the incumbent (median distance in
   the unit cube, share within 0.05), per problem;
+- long suite at d = 2 (``long_d2``): CMANP against the neural peers (``peers_at_n``): regret
+  at the cap and after equal evaluations, step time near n, peak RSS per run;
 - best values to 4 digits (the report rounds to 2), for suites without a known optimum;
 - standard suite: CMANP against gp, sobol and the neural peers (where they ran) per problem
   (paired Wilcoxon signed-rank on the final log10 regret; the report only tests against gp),
