@@ -525,7 +525,7 @@ def main() -> None:
             ns = (50, 100, 200, 400, 800) if "trust" in alt else (50, 100, 200, 400)
             summary[alt] = {"profile": long_profile(db, ns), "reach_gp_final": reach_gp_final(db)}
             if alt == "long_d2":
-                summary[alt]["peers_at_n"] = peers_at_n(db)
+                summary[alt]["peers_at_n"] = peers_at_n(db, ns=(100, 500, 550))
             if alt == "long_poly" and dbs["long"] is not None:
                 summary[alt]["long_cache_effect"] = cache_effect(dbs["long"], db)
     if standard is not None:
