@@ -198,6 +198,16 @@ def incumbent_distance(db: sqlite3.Connection, near: float = 0.05) -> dict[str, 
     }
 
 
+def _step_s_near(steps: list[tuple[int, float]], ns, digits: int) -> dict[int, float]:
+    """Median surrogate seconds of the proposals within +-10 evaluations of each n (``steps``:
+    ``(step, surrogate_s)``; the design's zero-cost steps are not proposals)."""
+    return {
+        n: round(statistics.median(t for k, t in steps if abs(k - n) <= 10 and t > 0), digits)
+        for n in ns
+        if any(abs(k - n) <= 10 and t > 0 for k, t in steps)
+    }
+
+
 def long_profile(db: sqlite3.Connection, ns=(50, 100, 200, 400)) -> dict[str, dict]:
     out = {}
     for run in _current(db):
@@ -205,11 +215,7 @@ def long_profile(db: sqlite3.Connection, ns=(50, 100, 200, 400)) -> dict[str, di
         key = f"{run['problem']}/{run['surrogate']}"
         key = key if run["seed"] == 0 else f"{key}/seed{run['seed']}"
         out[key] = {
-            "s_per_step_near_n": {
-                n: round(statistics.median(t for k, t, _ in steps if abs(k - n) <= 10 and t > 0), 3)
-                for n in ns
-                if any(abs(k - n) <= 10 and t > 0 for k, t, _ in steps)
-            },
+            "s_per_step_near_n": _step_s_near([(k, t) for k, t, _ in steps], ns, 3),
             "regret_at_n": {n: round(r, 4) for k, _, r in steps for n in ns if k == n},
         }
     return out
@@ -283,11 +289,7 @@ def peers_at_n(
         rows = _steps(db, run["id"])
         steps = [(st["step"], st["surrogate_s"]) for st in rows]
         regret_at = {n: float(f"{rows[n - 1]['regret']:.4g}") for n in ns if n <= len(rows)}
-        near = {
-            n: round(statistics.median(t for k, t in steps if abs(k - n) <= 10 and t > 0), 4)
-            for n in ns
-            if any(abs(k - n) <= 10 and t > 0 for k, t in steps)
-        }
+        near = _step_s_near(steps, ns, 4)
         per_run.setdefault(f"{problem}/seed{seed}", {})[surrogate] = {
             "evaluations": run["num_evals"],
             "capped": run["stopped"] is not None,
