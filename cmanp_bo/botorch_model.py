@@ -44,6 +44,8 @@ from botorch.utils.datasets import SupervisedDataset
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.models import GP
+from linear_operator import to_linear_operator
+from linear_operator.operators import CatLinearOperator, LinearOperator
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
@@ -371,31 +373,32 @@ class CMANPModel(Model, FantasizeMixin, GP):
         prefix = None
         if self._cache_baseline and observation_noise is False and not independent:
             prefix = self._constant_prefix(Z)
-        root = None
+        shift, scale = self._frame.mean[..., None], self._frame.std[..., None]
         if prefix is not None:
-            mean, cov, noise_var, root = self._prefix_moments(Z, *prefix)
+            # the prefix path's frame has one (scalar) std: the blocks scale by its square
+            mean, blocks, _, root = self._prefix_moments(Z, *prefix)
+            s = scale.reshape(())
+            c11, c21, c22 = (b.mul(s.pow(2)).to(X.dtype) for b in blocks)
+            mean = (shift + scale * mean).to(X.dtype)
+            mvn = MultivariateNormal(mean, _block_covariance(c11, c21, c22))
+            posterior = PrefixRootPosterior(mvn, (root * s).to(X.dtype), cross=c21, tail=c22)
         else:
             mean, cov, noise_var = self._frame_moments(Z, independent)
-        # From network units to outcome-transformed units.
-        shift, scale = self._frame.mean[..., None], self._frame.std[..., None]
-        mean = shift + scale * mean
-        cov = cov * (scale.unsqueeze(-1) * scale.unsqueeze(-2))
-        if observation_noise is True:
-            cov = cov + torch.diag_embed(noise_var * scale.pow(2))
-        elif isinstance(observation_noise, Tensor):
-            noise = observation_noise.to(cov)  # batch_shape x q x 1, as in GPyTorchModel
-            if noise.dim() > 1 and noise.shape[-1] == 1:
-                noise = noise.squeeze(-1)
-            cov = cov + torch.diag_embed(noise.expand(cov.shape[:-1]))
-        elif observation_noise is not False:
-            raise UnsupportedError(
-                f"observation_noise must be a bool or a Tensor, got {type(observation_noise)}"
-            )
-        mvn = MultivariateNormal(mean.to(X.dtype), cov.to(X.dtype))
-        if root is not None:  # one output, unbatched frame: its scale is a scalar
-            posterior = PrefixRootPosterior(mvn, (root * scale.reshape(())).to(X.dtype))
-        else:
-            posterior = GPyTorchPosterior(mvn)
+            # From network units to outcome-transformed units.
+            mean = shift + scale * mean
+            cov = cov * (scale.unsqueeze(-1) * scale.unsqueeze(-2))
+            if observation_noise is True:
+                cov = cov + torch.diag_embed(noise_var * scale.pow(2))
+            elif isinstance(observation_noise, Tensor):
+                noise = observation_noise.to(cov)  # batch_shape x q x 1, as in GPyTorchModel
+                if noise.dim() > 1 and noise.shape[-1] == 1:
+                    noise = noise.squeeze(-1)
+                cov = cov + torch.diag_embed(noise.expand(cov.shape[:-1]))
+            elif observation_noise is not False:
+                raise UnsupportedError(
+                    f"observation_noise must be a bool or a Tensor, got {type(observation_noise)}"
+                )
+            posterior = GPyTorchPosterior(MultivariateNormal(mean.to(X.dtype), cov.to(X.dtype)))
         if hasattr(self, "outcome_transform"):
             posterior = self.outcome_transform.untransform_posterior(posterior, X=X_tf)
         if posterior_transform is not None:
@@ -405,12 +408,13 @@ class CMANPModel(Model, FantasizeMixin, GP):
     # ------------------------------------------------------------------- constant prefix
     def _reset_prefix_cache(self) -> None:
         self._observed_keys: frozenset[bytes] | None = None
-        self._prefix_cache: tuple[bytes, Tensor, Tensor] | None = None
+        self._prefix_cache: tuple[bytes, Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
 
     def _constant_prefix(self, Z: Tensor) -> tuple[Tensor, bytes] | None:
         """The leading columns of ``Z`` that are constants, as ``(k x dim_x rows, their bytes)``
         (``None``: none): the same observed input in every batch element (at least two),
-        followed by at least one column that is not.
+        followed by at least one column that is not; or, in a batch of one, the cached prefix
+        when ``Z`` begins with exactly its rows and has more.
 
         That is the layout of every noisy-EI style acquisition (``X_full = [X_baseline, X]``
         with ``X_baseline`` among the observed points). Such columns are treated as constants:
@@ -423,7 +427,14 @@ class CMANPModel(Model, FantasizeMixin, GP):
             return None
         flat = Z.detach().reshape(-1, *Z.shape[-2:])
         if flat.shape[0] < 2:
-            return None
+            # A batch of one cannot show which columns are constants; it is the cached prefix
+            # if it begins with exactly those rows (an optimiser's last restart, alone).
+            if self._prefix_cache is None:
+                return None
+            key, k = self._prefix_cache[0], self._prefix_cache[1].shape[-2]
+            if flat.shape[1] <= k or flat[0, :k].cpu().numpy().tobytes() != key:
+                return None
+            return flat[0, :k], key
         shared = shared_columns(flat)
         if shared.all() or not shared[0]:
             return None
@@ -440,20 +451,30 @@ class CMANPModel(Model, FantasizeMixin, GP):
 
     def _prefix_moments(
         self, Z: Tensor, prefix: Tensor, key: bytes
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor, Tensor]:
         """``_frame_moments`` for a ``Z`` that begins with the constant ``prefix`` (rows and
-        bytes from ``_constant_prefix``), plus the Cholesky factor of its covariance."""
-        net, state = self._net, self._state
+        bytes from ``_constant_prefix``), with the covariance as its blocks ``(C11, C21, C22)``
+        (prefix, remaining points x prefix, remaining points), plus the Cholesky factor of C11.
+
+        The prefix's head outputs, moments and factor are computed once per model; each call
+        decodes the remaining ``q`` points and computes their ``q x k`` and ``q x q`` blocks
+        only, never the ``(k + q)^2`` covariance of every batch element.
+        """
+        net, state, k = self._net, self._state, prefix.shape[-2]
         if self._prefix_cache is None or self._prefix_cache[0] != key:
             with torch.no_grad():
                 out_c = net.head_outputs(state, prefix)
-                cov_c = _jittered(net.moments_from_outputs(out_c)[1])
-                self._prefix_cache = (key, out_c, psd_safe_cholesky(cov_c))
-        _, out_c, root_c = self._prefix_cache
-        out_r = net.head_outputs(state, Z[..., prefix.shape[-2] :, :])
-        out = torch.cat([out_c.expand(*out_r.shape[:-2], *out_c.shape), out_r], dim=-2)
-        mean, cov, noise_var = net.moments_from_outputs(out)
-        return mean, _jittered(cov), noise_var, root_c
+                mean_c, cov_c, noise_c = net.moments_from_outputs(out_c)
+                cov_c = _jittered(cov_c)
+                self._prefix_cache = (key, out_c, mean_c, cov_c, noise_c, psd_safe_cholesky(cov_c))
+        _, out_c, mean_c, cov_c, noise_c, root_c = self._prefix_cache
+        out_r = net.head_outputs(state, Z[..., k:, :])
+        mean_r, c22, noise_r = net.moments_from_outputs(out_r)
+        c21 = net.covariance_from_outputs(out_r, out_c)
+        batch = mean_r.shape[:-1]
+        mean = torch.cat([mean_c.expand(*batch, k), mean_r], dim=-1)
+        noise_var = torch.cat([noise_c.expand(*batch, k), noise_r], dim=-1)
+        return mean, (cov_c, c21, _jittered(c22)), noise_var, root_c
 
     def _frame_moments(self, Z: Tensor, independent: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, function covariance and noise variance in network units.
@@ -574,6 +595,24 @@ def _jittered(cov: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ posterior
+def _block_covariance(c11: Tensor, c21: Tensor, c22: Tensor) -> LinearOperator:
+    """The covariance ``[[C11, C21^T], [C21, C22]]`` as a lazy operator: the ``k x k`` block
+    ``C11`` is shared by every batch element of ``C21`` (``batch x q x k``) and ``C22``
+    (``batch x q x q``), and nothing ``batch x (k + q)^2`` is formed unless asked for
+    (``to_dense``, e.g. ``distribution.covariance_matrix``)."""
+    c11 = c11.expand(*c21.shape[:-2], *c11.shape[-2:])
+    top = CatLinearOperator(
+        to_linear_operator(c11),
+        to_linear_operator(c21.transpose(-1, -2)),
+        dim=-1,
+        output_device=c21.device,
+    )
+    bottom = CatLinearOperator(
+        to_linear_operator(c21), to_linear_operator(c22), dim=-1, output_device=c21.device
+    )
+    return CatLinearOperator(top, bottom, dim=-2, output_device=c21.device)
+
+
 class PrefixRootPosterior(GPyTorchPosterior):
     r"""A ``GPyTorchPosterior`` whose first ``k`` points are constants with a known Cholesky
     factor ``L11`` of their covariance (``k = L11.shape[-1]``; ``CMANPModel`` returns one for
@@ -583,13 +622,24 @@ class PrefixRootPosterior(GPyTorchPosterior):
     the whole covariance, ``[[L11, 0], [L21, L22]]`` with ``L21 = C21 L11^-T`` and
     ``L22 = chol(C22 - L21 L21^T)``: the same factor a dense Cholesky gives, so the samples are
     the same, but each call factorises only the ``q x q`` block of the remaining points, and
-    gradients flow through ``C21``, ``C22`` and their mean only. Everything else (mean,
-    variance, ``distribution``) is the plain ``GPyTorchPosterior``.
+    gradients flow through ``C21``, ``C22`` and their mean only. ``cross`` (``C21``) and
+    ``tail`` (``C22``) may be given; otherwise they are read from the distribution's
+    covariance. Everything else (mean, variance, ``distribution``) is the plain
+    ``GPyTorchPosterior``.
     """
 
-    def __init__(self, distribution: MultivariateNormal, prefix_root: Tensor) -> None:
+    def __init__(
+        self,
+        distribution: MultivariateNormal,
+        prefix_root: Tensor,
+        cross: Tensor | None = None,
+        tail: Tensor | None = None,
+    ) -> None:
         super().__init__(distribution)
         self.prefix_root = prefix_root
+        if (cross is None) != (tail is None):
+            raise ValueError("pass both cross and tail, or neither")
+        self._blocks = None if cross is None else (cross, tail)
 
     def rsample_from_base_samples(self, sample_shape: torch.Size, base_samples: Tensor) -> Tensor:
         if base_samples.shape[: len(sample_shape)] != sample_shape:
@@ -598,11 +648,14 @@ class PrefixRootPosterior(GPyTorchPosterior):
                 f"Got {sample_shape=} and {base_samples.shape=}."
             )
         mvn, L11 = self.distribution, self.prefix_root
-        k, loc, cov = L11.shape[-1], mvn.loc, mvn.covariance_matrix
+        k, loc = L11.shape[-1], mvn.loc
         z = base_samples.reshape(*base_samples.shape[: base_samples.dim() - loc.dim()], *loc.shape)
-        c21, c22 = cov[..., k:, :k], cov[..., k:, k:]
-        L21 = torch.linalg.solve_triangular(L11, c21.transpose(-1, -2), upper=False)
-        L21 = L21.transpose(-1, -2)
+        if self._blocks is None:
+            cov = mvn.covariance_matrix
+            c21, c22 = cov[..., k:, :k], cov[..., k:, k:]
+        else:
+            c21, c22 = self._blocks
+        L21 = _solve_lower_rows(L11, c21)
         L22 = psd_safe_cholesky(c22 - L21 @ L21.transpose(-1, -2))
         z1, z2 = z[..., :k], z[..., k:]
         batch_dims = tuple(range(z.dim() - loc.dim(), z.dim() - 1))
@@ -611,11 +664,28 @@ class PrefixRootPosterior(GPyTorchPosterior):
             # The samplers expand base samples over the t-batch: the prefix's samples (the
             # costly k x k product) are then the same in every batch element.
             first_loc = loc[(*([slice(0, 1)] * len(batch_dims)), slice(0, k))]
-            s1 = (first_loc + first @ L11.transpose(-1, -2)).expand_as(z1)
+            s1 = (first_loc + _rows_times(first, L11.transpose(-1, -2))).expand_as(z1)
         else:
-            s1 = loc[..., :k] + z1 @ L11.transpose(-1, -2)
+            s1 = loc[..., :k] + _rows_times(z1, L11.transpose(-1, -2))
         s2 = loc[..., k:] + (L21 @ z1.unsqueeze(-1) + L22 @ z2.unsqueeze(-1)).squeeze(-1)
         return torch.cat([s1, s2], dim=-1).unsqueeze(-1)
+
+
+def _rows_times(A: Tensor, M: Tensor) -> Tensor:
+    """``A @ M`` for a matrix ``M`` (``k x p``) shared by every batch element of ``A``
+    (``... x k``): one matrix product, where ``@`` would copy ``M`` into each batch element."""
+    if M.dim() != 2:
+        return A @ M
+    return (A.reshape(-1, A.shape[-1]) @ M).reshape(*A.shape[:-1], M.shape[-1])
+
+
+def _solve_lower_rows(L: Tensor, B: Tensor) -> Tensor:
+    """``B L^-T`` (``... x q x k``) for a lower-triangular ``L`` (``k x k``): one triangular
+    solve with every row of ``B`` as a right-hand side, not one solve per batch element."""
+    if L.dim() != 2:
+        return torch.linalg.solve_triangular(L, B.transpose(-1, -2), upper=False).transpose(-1, -2)
+    rows = B.reshape(-1, B.shape[-1])
+    return torch.linalg.solve_triangular(L, rows.T, upper=False).T.reshape(B.shape)
 
 
 # ------------------------------------------------------------------------------------ cache

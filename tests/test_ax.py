@@ -348,9 +348,9 @@ def test_the_acquisition_baseline_is_cached_in_the_loop(monkeypatch):
     prefixes = []
     real = bm.PrefixRootPosterior.__init__
 
-    def spy(self, distribution, prefix_root):
+    def spy(self, distribution, prefix_root, **blocks):
         prefixes.append(prefix_root.shape[-1])
-        real(self, distribution, prefix_root)
+        real(self, distribution, prefix_root, **blocks)
 
     monkeypatch.setattr(bm.PrefixRootPosterior, "__init__", spy)
     client = make_client(init=5)

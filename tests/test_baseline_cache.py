@@ -69,7 +69,9 @@ def test_only_a_shared_prefix_of_observed_inputs_is_taken_as_constant():
     not_observed = torch.cat([(X + 1e-3).expand(3, *X.shape), cand], dim=-2)
     cases = {
         "prefix not observed": (model, not_observed, {}),
-        "batch of one": (model, full[:1], {}),
+        "batch of one, nothing cached": (_model(), full[:1], {}),
+        "batch of one, not the cached prefix": (model, full[:1, 1:], {}),
+        "batch of one, only the cached prefix": (model, full[:1, : X.shape[0]], {}),
         "observation noise": (model, full, {"observation_noise": True}),
         "independent": (model, full, {"independent": True}),
         "every column shared": (model, X.expand(3, *X.shape), {}),
@@ -78,6 +80,23 @@ def test_only_a_shared_prefix_of_observed_inputs_is_taken_as_constant():
     for name, (m, Z, kwargs) in cases.items():
         post = m.posterior(Z, **kwargs)
         assert type(post) is GPyTorchPosterior, name
+
+
+def test_a_batch_of_one_that_begins_with_the_cached_prefix_uses_it():
+    """An optimiser's last restart alone (``1 x (k + q) x d``) gets the cached factor, and the
+    same values and gradients as without the cache."""
+    X, _ = _data()
+    model = _model()
+    _acqf(model, X)(torch.rand(3, 1, 2, dtype=torch.float64))  # fills the cache
+    cand = torch.rand(1, 2, 2, dtype=torch.float64, requires_grad=True)
+    full = torch.cat([X.expand(1, *X.shape), cand], dim=-2)
+    assert isinstance(model.posterior(full), PrefixRootPosterior)
+    got = _acqf(model, X)(cand)
+    (grad,) = torch.autograd.grad(got.sum(), cand)
+    want = _acqf(_model(cache=False), X)(cand)
+    (grad_want,) = torch.autograd.grad(want.sum(), cand)
+    assert torch.allclose(got, want, atol=0, rtol=1e-5)
+    assert _rel(grad, grad_want) < 2e-4
 
 
 def test_shared_columns_that_are_not_observed_keep_their_gradients():

@@ -204,6 +204,15 @@ class NeuralProcess(nn.Module):
         return torch.cat(parts, dim=-2)[:, order]
 
     def _decode_points(self, state: Any, memory: list[Tensor], x: Tensor) -> Tensor:
+        if len(state.batch_shape) == 0 and x.dim() > 2 and x.shape[:-2].numel() > 1:
+            # Targets are decoded independently, so the t-batch of an unbatched context is
+            # decoded as one set of targets: the same outputs, without copying the context's
+            # representation into every batch element (qLogNEI's raw samples: b x 1 x d).
+            out = self._run_decoder(state, memory, x.reshape(-1, x.shape[-1]))
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+        return self._run_decoder(state, memory, x)
+
+    def _run_decoder(self, state: Any, memory: list[Tensor], x: Tensor) -> Tensor:
         batch_shape = broadcast_batch(state.batch_shape, x.shape[:-2], "state", "x")
         h = self.embed_query(self._query_inputs(state, x))
         h = h.expand(*batch_shape, x.shape[-2], self.cfg.d_model)
@@ -262,18 +271,27 @@ class NeuralProcess(nn.Module):
 
     def moments_from_outputs(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``joint_moments`` from the head outputs (``head_outputs``) of ``m`` targets."""
-        mean, f_std, noise_std = self._joint_marginals(out)
+        mean, _, noise_std = self._joint_marginals(out)
+        return mean, self.covariance_from_outputs(out, out), noise_std**2
+
+    def covariance_from_outputs(self, out_a: Tensor, out_b: Tensor) -> Tensor:
+        """Function covariance ``batch_shape x m x p`` between the targets whose head outputs are
+        ``out_a`` (``... x m x num_out``) and ``out_b`` (``... x p x num_out``; batch shapes
+        broadcast): the block of the joint covariance of all ``m + p`` targets that
+        ``moments_from_outputs`` of their concatenation would give, computed alone (``m p``
+        entries, not ``(m + p)^2``)."""
         r = self.cfg.joint_rank
-        z = out[..., 3 : 3 + r]
-        u = F.normalize(out[..., 3 + r : 3 + 2 * r], dim=-1)
-        # ||z_i - z_j||^2 without the m x m x rank intermediate (Ax predicts 4096 points at once)
-        sq_norm = z.pow(2).sum(-1)
-        sq_dist = sq_norm.unsqueeze(-1) + sq_norm.unsqueeze(-2) - 2 * z @ z.transpose(-1, -2)
+        f_a, f_b = self._std(out_a[..., 1]), self._std(out_b[..., 1])
+        z_a, z_b = out_a[..., 3 : 3 + r], out_b[..., 3 : 3 + r]
+        u_a = F.normalize(out_a[..., 3 + r : 3 + 2 * r], dim=-1)
+        u_b = F.normalize(out_b[..., 3 + r : 3 + 2 * r], dim=-1)
+        # ||z_i - z_j||^2 without the m x p x rank intermediate (Ax predicts 4096 points at once)
+        sq_a, sq_b = z_a.pow(2).sum(-1), z_b.pow(2).sum(-1)
+        sq_dist = sq_a.unsqueeze(-1) + sq_b.unsqueeze(-2) - 2 * z_a @ z_b.transpose(-1, -2)
         sq_dist = sq_dist.clamp_min(0)
         w = torch.sigmoid(self.kernel_mix_logit)
-        corr = w * torch.exp(-0.5 * sq_dist) + (1 - w) * (u @ u.transpose(-1, -2))
-        cov = f_std.unsqueeze(-1) * corr * f_std.unsqueeze(-2)
-        return mean, cov, noise_std**2
+        corr = w * torch.exp(-0.5 * sq_dist) + (1 - w) * (u_a @ u_b.transpose(-1, -2))
+        return f_a.unsqueeze(-1) * corr * f_b.unsqueeze(-2)
 
     def predict_joint(self, state: Any, x: Tensor) -> MultivariateNormal:
         """Joint predictive distribution of ``y`` over the ``m`` targets (noise included).

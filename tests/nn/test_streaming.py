@@ -229,3 +229,40 @@ def test_columns_shared_across_the_batch_decode_like_separate_calls(arch):
     # all columns shared (identical batch elements) and none shared take the same path
     same = base.expand(3, 7, 2)
     assert torch.allclose(net.joint_moments(state, same)[1], net.joint_moments(state, base)[1])
+
+
+@pytest.mark.parametrize("arch", ["cmanp", "tnp", "lbanp"])
+def test_a_t_batch_of_an_unbatched_context_decodes_like_separate_calls(arch):
+    """The t-batch of an unbatched context is decoded as one set of targets (no copy of the
+    context per batch element): the moments and gradients of each element are those of decoding
+    it alone."""
+    from tests.helpers import small_net as peer_net
+
+    net = peer_net(dtype=torch.float64, arch=arch, fourier_features=4)
+    state = net.encode(torch.rand(12, 2, dtype=torch.float64), torch.randn(12, 1).double())
+    X = torch.rand(2, 3, 4, 2, dtype=torch.float64, requires_grad=True)
+    mean, cov, noise = net.joint_moments(state, X)
+    assert cov.shape == (2, 3, 4, 4)
+    ref = [[net.joint_moments(state, X[i, j]) for j in range(3)] for i in range(2)]
+    for k, got in enumerate((mean, cov, noise)):
+        want = torch.stack([torch.stack([r[k] for r in row]) for row in ref])
+        assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    (grad,) = torch.autograd.grad(mean.sum() + cov.sum(), X)
+    total = sum(r[0].sum() + r[1].sum() for row in ref for r in row)
+    (grad_ref,) = torch.autograd.grad(total, X)
+    assert torch.allclose(grad, grad_ref, atol=1e-10)
+
+
+def test_a_cross_covariance_block_equals_that_of_the_joint_covariance():
+    net = small_net(torch.float64)
+    x, y, xq = data(40, torch.float64)
+    state = net.encode(x, y)
+    a, b = xq[:, :3], xq[:, 3:8]
+    out_a, out_b = net.head_outputs(state, a), net.head_outputs(state, b)
+    _, cov, _ = net.moments_from_outputs(torch.cat([out_a, out_b], dim=-2))
+    cross = net.covariance_from_outputs(out_a, out_b)
+    assert cross.shape == (xq.shape[0], 3, 5)
+    assert torch.allclose(cross, cov[..., :3, 3:], rtol=0, atol=1e-12)
+    # an unbatched block broadcasts against a batched one
+    cross_b = net.covariance_from_outputs(out_a, out_b[0])
+    assert torch.allclose(cross_b[0], cross[0], rtol=0, atol=1e-12)
