@@ -45,7 +45,7 @@ from gpytorch.distributions import MultivariateNormal
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.models import GP
 from linear_operator import to_linear_operator
-from linear_operator.operators import CatLinearOperator, LinearOperator
+from linear_operator.operators import CatLinearOperator, DenseLinearOperator, LinearOperator
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
@@ -398,7 +398,10 @@ class CMANPModel(Model, FantasizeMixin, GP):
                 raise UnsupportedError(
                     f"observation_noise must be a bool or a Tensor, got {type(observation_noise)}"
                 )
-            posterior = GPyTorchPosterior(MultivariateNormal(mean.to(X.dtype), cov.to(X.dtype)))
+            # Lazy, as a GPyTorch model's: nothing is factorised until samples are drawn, so
+            # mean and variance (Ax's predictions, 4096 points a call) cost no Cholesky.
+            cov = DenseLinearOperator(cov.to(X.dtype))
+            posterior = GPyTorchPosterior(MultivariateNormal(mean.to(X.dtype), cov))
         if hasattr(self, "outcome_transform"):
             posterior = self.outcome_transform.untransform_posterior(posterior, X=X_tf)
         if posterior_transform is not None:

@@ -114,6 +114,28 @@ def test_joint_covariance_is_joint_and_consistent(model):
     torch.testing.assert_close(one.distribution.covariance_matrix, cov[2:3])
 
 
+def test_mean_and_variance_need_no_factorisation(model, monkeypatch):
+    """The posterior is lazy, as a GPyTorch model's: its mean and variance (all Ax's predictions
+    read, 4096 points a call) come without a Cholesky factor; samples use the exact one."""
+    X = rand(40, 2)
+    post = model.posterior(X)
+    assert post.distribution.islazy
+    cov = post.distribution.covariance_matrix
+    base = torch.randn(3, *post.base_sample_shape, generator=torch.Generator().manual_seed(0))
+    base = base.to(DTYPE)
+    want = post.mean + torch.linalg.cholesky(cov) @ base.reshape(3, 40, 1)
+    torch.testing.assert_close(post.rsample_from_base_samples(torch.Size([3]), base), want)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Cholesky factor was computed")
+
+    monkeypatch.setattr(torch.linalg, "cholesky", refuse)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", refuse)
+    fresh = model.posterior(X)
+    torch.testing.assert_close(fresh.variance.squeeze(-1), torch.diagonal(cov))
+    torch.testing.assert_close(fresh.mean, post.mean)
+
+
 def test_identical_points_are_perfectly_correlated(model):
     x = rand(6, 1, 2)
     cov = model.posterior(torch.cat([x, x], dim=-2)).distribution.covariance_matrix
