@@ -218,7 +218,10 @@ class CMANPModel(Model, FantasizeMixin, GP):
                 over a batch (two or more elements) whose leading points are the same observed
                 inputs in every element (``[X_baseline, X]`` in qLogNEI and the other noisy-EI
                 acquisitions), those points are decoded and their covariance factorised once
-                per model, and the posterior (``PrefixRootPosterior``) draws samples blockwise.
+                per model; each call computes only the blocks of the other points (their
+                covariance with the baseline and among themselves), and the posterior
+                (``PrefixRootPosterior``, a lazy block covariance) draws samples blockwise. A
+                batch of one that begins with the cached baseline uses it too.
                 Values are those of the full computation up to rounding; no gradient flows to
                 those points (none is wanted: the baseline is fixed). ``False``: compute
                 everything at every call.
