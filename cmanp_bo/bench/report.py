@@ -133,10 +133,12 @@ def cost_table(data: dict[str, dict[str, list[dict]]]) -> str:
     for s in surrogates:
         runs = [r for cells in data.values() for r in cells.get(s, [])]
         per_step = [st["surrogate_s"] for r in runs for st in r["steps"] if st["surrogate_s"] > 0]
+        # a run without a peak RSS (not measured) is left out of its median
+        peaks = [r["peak_rss_mb"] for r in runs if r["peak_rss_mb"] is not None]
         lines.append(
             f"| {s} | {np.median(per_step) if per_step else 0:.3f} | "
             f"{np.median([r['surrogate_s'] for r in runs]):.1f} | "
-            f"{np.median([r['peak_rss_mb'] for r in runs]):.0f} | {len(runs)} |"
+            f"{f'{np.median(peaks):.0f}' if peaks else '-'} | {len(runs)} |"
         )
     return "\n".join(lines)
 

@@ -127,6 +127,31 @@ def _rss_mb() -> float:
         return float("nan")
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux ``VmHWM``, via ``/proc/self/clear_refs``) so that the
+    next ``_peak_rss_mb`` is the run's own even when runs share a process (``--workers 1``, Ray
+    actors). ``False`` where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb(reset: bool) -> float:
+    """The peak RSS since ``_reset_peak_rss`` (``reset``), else the process's (``ru_maxrss``)."""
+    if reset:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _hardware() -> str:
     from cmanp_bo.train import hardware
 
@@ -154,6 +179,7 @@ def run_replication(key: RunKey, threads: int | None = 1) -> tuple[RunKey, dict,
         **settings["options"],
     )
     cap = settings["time_cap_s"]
+    reset = _reset_peak_rss()
     design = torch.quasirandom.SobolEngine(problem.dim, scramble=True, seed=key.seed)
     X = design.draw(num_init, dtype=torch.float64)
     t_start = time.perf_counter()
@@ -201,7 +227,7 @@ def run_replication(key: RunKey, threads: int | None = 1) -> tuple[RunKey, dict,
         "optimal_value": problem.optimal_value,
         "wall_s": time.perf_counter() - t_start,
         "surrogate_s": cum_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(reset),
         "hardware": _hardware(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

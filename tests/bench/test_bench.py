@@ -115,6 +115,22 @@ def test_replications_are_paired_and_reproducible():
     assert steps_1[0]["x"] != steps_c[0]["x"]  # another seed, another design
 
 
+def test_peak_rss_is_the_runs_own_when_runs_share_a_process():
+    """In-process runs (``--workers 1``) each record their own peak RSS, not the process's
+    high-water mark so far."""
+    from cmanp_bo.bench import runner
+
+    if not runner._reset_peak_rss():
+        pytest.skip("needs Linux /proc/self/clear_refs")
+    (key,) = [k for k in run_keys("t", tiny_suite()) if k.surrogate == "sobol" and k.seed == 0]
+    big = torch.ones(600 * 2**20 // 8, dtype=torch.float64)  # ~600 MiB, then freed
+    del big
+    before = runner._peak_rss_mb(reset=False)  # the process's peak: includes the 600 MiB
+    _, run, steps = run_replication(key)
+    assert run["peak_rss_mb"] < before - 300
+    assert run["peak_rss_mb"] >= max(s["rss_mb"] for s in steps) - 1  # but still a peak
+
+
 def test_time_cap_stops_a_run_and_says_where():
     (key,) = [k for k in run_keys("t", tiny_suite(time_cap_s=0.0)) if k.surrogate == "cmanp"][:1]
     _, run, steps = run_replication(key)
@@ -321,3 +337,14 @@ def test_cli_bench_and_report(tmp_path, capsys):
         cli_main(["bench", "--out", str(out), "--surrogate-options", '{"cmanp": 3}'])
     with pytest.raises(SystemExit, match="no results database"):
         cli_main(["report", "--out", str(tmp_path / "empty")])
+
+
+def test_cost_table_leaves_out_runs_without_a_peak_rss():
+    from cmanp_bo.bench.report import cost_table
+
+    def run(peak):
+        return {"steps": [{"surrogate_s": 0.5}], "surrogate_s": 0.5, "peak_rss_mb": peak}
+
+    table = cost_table({"p": {"cmanp": [run(100.0), run(None), run(300.0)], "tnp": [run(None)]}})
+    assert "| cmanp | 0.500 | 0.5 | 200 | 3 |" in table
+    assert "| tnp | 0.500 | 0.5 | - | 1 |" in table
