@@ -379,7 +379,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
         shift, scale = self._frame.mean[..., None], self._frame.std[..., None]
         if prefix is not None:
             # the prefix path's frame has one (scalar) std: the blocks scale by its square
-            mean, blocks, _, root = self._prefix_moments(Z, *prefix)
+            mean, blocks, root = self._prefix_moments(Z, *prefix)
             s = scale.reshape(())
             c11, c21, c22 = (b.mul(s.pow(2)).to(X.dtype) for b in blocks)
             mean = (shift + scale * mean).to(X.dtype)
@@ -414,7 +414,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
     # ------------------------------------------------------------------- constant prefix
     def _reset_prefix_cache(self) -> None:
         self._observed_keys: frozenset[bytes] | None = None
-        self._prefix_cache: tuple[bytes, Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
+        self._prefix_cache: tuple[bytes, Tensor, Tensor, Tensor, Tensor] | None = None
 
     def _constant_prefix(self, Z: Tensor) -> tuple[Tensor, bytes] | None:
         """The leading columns of ``Z`` that are constants, as ``(k x dim_x rows, their bytes)``
@@ -457,8 +457,8 @@ class CMANPModel(Model, FantasizeMixin, GP):
 
     def _prefix_moments(
         self, Z: Tensor, prefix: Tensor, key: bytes
-    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor, Tensor]:
-        """``_frame_moments`` for a ``Z`` that begins with the constant ``prefix`` (rows and
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor]:
+        """The mean of a ``Z`` that begins with the constant ``prefix`` (rows and
         bytes from ``_constant_prefix``), with the covariance as its blocks ``(C11, C21, C22)``
         (prefix, remaining points x prefix, remaining points), plus the Cholesky factor of C11.
 
@@ -470,17 +470,16 @@ class CMANPModel(Model, FantasizeMixin, GP):
         if self._prefix_cache is None or self._prefix_cache[0] != key:
             with torch.no_grad():
                 out_c = net.head_outputs(state, prefix)
-                mean_c, cov_c, noise_c = net.moments_from_outputs(out_c)
+                mean_c, cov_c, _ = net.moments_from_outputs(out_c)
                 cov_c = _jittered(cov_c)
-                self._prefix_cache = (key, out_c, mean_c, cov_c, noise_c, psd_safe_cholesky(cov_c))
-        _, out_c, mean_c, cov_c, noise_c, root_c = self._prefix_cache
+                self._prefix_cache = (key, out_c, mean_c, cov_c, psd_safe_cholesky(cov_c))
+        _, out_c, mean_c, cov_c, root_c = self._prefix_cache
         out_r = net.head_outputs(state, Z[..., k:, :])
-        mean_r, c22, noise_r = net.moments_from_outputs(out_r)
+        mean_r, c22, _ = net.moments_from_outputs(out_r)
         c21 = net.covariance_from_outputs(out_r, out_c)
         batch = mean_r.shape[:-1]
         mean = torch.cat([mean_c.expand(*batch, k), mean_r], dim=-1)
-        noise_var = torch.cat([noise_c.expand(*batch, k), noise_r], dim=-1)
-        return mean, (cov_c, c21, _jittered(c22)), noise_var, root_c
+        return mean, (cov_c, c21, _jittered(c22)), root_c
 
     def _frame_moments(self, Z: Tensor, independent: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, function covariance and noise variance in network units.

@@ -68,6 +68,7 @@ def one_step(name: str, seed: int, X: torch.Tensor, y: torch.Tensor, threads: in
     """One timed ``ask`` of surrogate ``name`` on all of ``X`` (in a fresh process)."""
     from acquisition_cost import time_step
 
+    from cmanp_bo.bench.runner import _peak_rss_mb, _reset_peak_rss
     from surrogates.registry import AcquisitionOptions, make_surrogate
 
     torch.set_num_threads(threads)
@@ -80,8 +81,8 @@ def one_step(name: str, seed: int, X: torch.Tensor, y: torch.Tensor, threads: in
 
         def ask_resetting_the_peak(Xn, yn):
             if Xn.shape[0] == X.shape[0]:  # the timed ask: reset the peak RSS just before it
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
+                if not _reset_peak_rss():
+                    raise RuntimeError("resetting the peak RSS needs Linux /proc/self/clear_refs")
                 made.append(_status_mb("VmRSS"))
             return ask(Xn, yn)
 
@@ -90,7 +91,7 @@ def one_step(name: str, seed: int, X: torch.Tensor, y: torch.Tensor, threads: in
 
     result = time_step(make, X, y, X.shape[0])
     result["rss_before_mb"] = made[0]
-    result["step_peak_mb"] = _status_mb("VmHWM")
+    result["step_peak_mb"] = _peak_rss_mb(reset=True)
     result["step_extra_mb"] = result["step_peak_mb"] - made[0]
     # the step's cost is about the optimiser's call count (which varies with the seed) times this
     result["wall_s_per_call"] = result["wall_s"] / max(result["acquisition_calls"], 1)
