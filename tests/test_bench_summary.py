@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from pathlib import Path
@@ -181,3 +182,45 @@ def _add_d2(store, problem, surrogate, seed, final, step_s, rss=500.0):
         for i, t in enumerate(times)
     ]
     store.add(key, run, steps)
+
+
+def test_shared_peak_rss_clears_only_peaks_copied_from_an_earlier_run(tmp_path):
+    import sqlite3
+
+    from cmanp_bo.bench.store import ResultStore
+
+    spr = load_experiment("shared_peak_rss")
+
+    def db(name, rows):
+        path = tmp_path / name / "results.sqlite"
+        path.parent.mkdir()
+        ResultStore(path).close()
+        with sqlite3.connect(path) as con:
+            for seed, peak, finished, hardware in rows:
+                con.execute(
+                    "INSERT INTO runs (suite, problem, surrogate, seed, settings, dim, budget, "
+                    "num_evals, best_value, wall_s, surrogate_s, peak_rss_mb, hardware, finished) "
+                    "VALUES ('s', 'p', 'cmanp', ?, '{}', 2, 10, 10, 0.0, 1.0, 1.0, ?, ?, ?)",
+                    (seed, peak, hardware, finished),
+                )
+        return path
+
+    a = db("a", [(0, 500.0, "t1", "cpu"), (1, 500.0, "t2", "cpu"), (2, 510.0, "t3", "cpu")])
+    db("a2", [(3, 500.0, "t4", "other cpu")])  # the same KiB on other hardware: kept
+    b = db("b", [(1, 500.0, "t2", "cpu"), (4, 510.0, "t5", "cpu")])  # seed 1 copied from a
+    record = tmp_path / "record.json"
+    flagged = spr.main(["--root", str(tmp_path), "--record", str(record)])
+    assert sorted((r["seed"], r["same_as"]["seed"]) for r in flagged) == [(1, 0), (4, 2)]
+    assert sorted(len(r["databases"]) for r in flagged) == [1, 2]  # the copy counts once
+
+    def peaks(path):
+        with sqlite3.connect(path) as con:
+            return dict(con.execute("SELECT seed, peak_rss_mb FROM runs").fetchall())
+
+    assert peaks(a) == {0: 500.0, 1: 500.0, 2: 510.0}  # listing alone changes nothing
+    spr.main(["--root", str(tmp_path), "--record", str(record), "--apply"])
+    assert peaks(a) == {0: 500.0, 1: None, 2: 510.0}
+    assert peaks(b) == {1: None, 4: None}
+    assert peaks(tmp_path / "a2" / "results.sqlite") == {3: 500.0}
+    assert json.loads(record.read_text())["rows_cleared"] == 3
+    assert spr.main(["--root", str(tmp_path), "--record", str(record)]) == []  # idempotent
