@@ -29,6 +29,8 @@ import json
 import multiprocessing as mp
 import statistics
 import sys
+import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -37,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 DEFAULT_DB = ROOT / "experiments" / "results" / "bench" / "long_d2" / "results.sqlite"
+FIXED_CALLS = 100  # acquisition calls of the step at a common call count (``fixed_calls_s``)
 
 
 def points(db: Path, problem: str, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -81,9 +84,11 @@ def one_step(name: str, seed: int, X: torch.Tensor, y: torch.Tensor, threads: in
 
         def ask_resetting_the_peak(Xn, yn):
             if Xn.shape[0] == X.shape[0]:  # the timed ask: reset the peak RSS just before it
+                # the model on n - 1 points (step_components); the GP keeps none
+                surrogate.model_before = getattr(surrogate, "model", None)
                 if not _reset_peak_rss():
                     raise RuntimeError("resetting the peak RSS needs Linux /proc/self/clear_refs")
-                made.append(_status_mb("VmRSS"))
+                made.extend([_status_mb("VmRSS"), surrogate])
             return ask(Xn, yn)
 
         surrogate.ask = ask_resetting_the_peak
@@ -93,9 +98,58 @@ def one_step(name: str, seed: int, X: torch.Tensor, y: torch.Tensor, threads: in
     result["rss_before_mb"] = made[0]
     result["step_peak_mb"] = _peak_rss_mb(reset=True)
     result["step_extra_mb"] = result["step_peak_mb"] - made[0]
-    # the step's cost is about the optimiser's call count (which varies with the seed) times this
+    # the step's wall over its call count: fixed costs (update, baseline, raw samples) included
     result["wall_s_per_call"] = result["wall_s"] / max(result["acquisition_calls"], 1)
+    result |= step_components(made[1], X, y, seed)
     return result
+
+
+def step_components(
+    surrogate, X: torch.Tensor, y: torch.Tensor, seed: int, repeats: int = 3, calls: int = 20
+) -> dict:
+    """The parts of a step, timed apart (wall seconds, medians): absorbing the n-th point into
+    the model on n - 1 (``update_s``), building qLogNEI on the new model (``build_s``: baseline
+    pruning and, with the cache, its decode), one no-grad call on the raw samples (``raw_s``,
+    128 x 1 x d) and one value-and-gradient call on the restarts (``call_s``, 2 x 1 x d).
+
+    A whole step costs about ``update + build + raw + calls x call``; the optimiser's call count
+    varies with the seed and with the model's acquisition surface, so ``fixed_calls_s`` gives
+    the step at the same ``FIXED_CALLS`` calls for every surrogate.
+    """
+    from surrogates.registry import GPSurrogate, _fit_gp
+
+    previous = surrogate.model_before
+    refit = isinstance(surrogate, GPSurrogate)  # its update is the refit on all n points
+    if refit:
+        repeats = 1
+    gen = torch.Generator().manual_seed(seed)
+    times: dict[str, list[float]] = {"update_s": [], "build_s": [], "raw_s": [], "call_s": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            if refit:
+                model = _fit_gp(X, y, surrogate.warp)
+            else:
+                model = previous.condition_on_observations(X[-1:], -y[-1:, None])
+            times["update_s"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            acqf = surrogate.acquisition(model, X)  # a new model: nothing cached yet
+            times["build_s"].append(time.perf_counter() - t)
+            raw = torch.rand(128, 1, X.shape[1], generator=gen, dtype=X.dtype)
+            t = time.perf_counter()
+            with torch.no_grad():
+                acqf(raw)
+            times["raw_s"].append(time.perf_counter() - t)
+            for _ in range(calls):
+                x = torch.rand(2, 1, X.shape[1], generator=gen, dtype=X.dtype).requires_grad_()
+                t = time.perf_counter()
+                acqf(x).sum().backward()
+                times["call_s"].append(time.perf_counter() - t)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["fixed_calls_s"] = out["update_s"] + out["build_s"] + out["raw_s"]
+    out["fixed_calls_s"] += FIXED_CALLS * out["call_s"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             reps = [results[name, n, r] for r in range(args.repeats)]
             row = {"surrogate": name, "n": n, "recorded_points": min(n, recorded)}
             keys = ("wall_s", "cpu_s", "wall_s_per_call", "step_peak_mb", "step_extra_mb")
+            keys += ("update_s", "build_s", "raw_s", "call_s", "fixed_calls_s")
             row |= {f"median_{k}": statistics.median(r[k] for r in reps) for k in keys}
             row["repeats"] = reps
             rows.append(row)
@@ -139,6 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
                 f"n={n:5d}  {name:6s} wall {row['median_wall_s']:6.2f} s  "
                 f"cpu {row['median_cpu_s']:6.2f} s  "
                 f"per call {1e3 * row['median_wall_s_per_call']:6.1f} ms  "
+                f"update {1e3 * row['median_update_s']:6.1f} ms  "
+                f"build {1e3 * row['median_build_s']:6.1f} ms  "
+                f"raw {1e3 * row['median_raw_s']:6.1f} ms  "
+                f"call {1e3 * row['median_call_s']:5.1f} ms  "
+                f"at {FIXED_CALLS} calls {row['median_fixed_calls_s']:5.2f} s  "
                 f"peak {row['median_step_peak_mb']:7.1f} MB  "
                 f"extra {row['median_step_extra_mb']:6.1f} MB  "
                 f"baseline {[r['pruned_baseline'] for r in reps]}  "

@@ -28,16 +28,20 @@ def test_times_each_network_in_its_own_process_with_the_steps_own_peak(tmp_path)
     db, out = tmp_path / "r.sqlite", tmp_path / "cost.json"
     recorded_run(db)
     argv = ["--db", str(db), "--problem", "branin", "--sizes", "18", "--repeats", "1"]
-    argv += ["--surrogates", "cmanp,tnp", "--workers", "2", "--out", str(out)]
+    argv += ["--surrogates", "cmanp,tnp", "--gp", "--workers", "2", "--out", str(out)]
     result = psc.main(argv)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert [(r["surrogate"], r["n"]) for r in result["rows"]] == [("cmanp", 18), ("tnp", 18)]
+    assert [(r["surrogate"], r["n"]) for r in result["rows"]] == [("cmanp", 18), ("tnp", 18), ("gp", 18)]
     for row in result["rows"]:
         (rep,) = row["repeats"]
         assert row["recorded_points"] == 14
         assert rep["wall_s"] > 0 and 1 <= rep["pruned_baseline"] <= 18
         assert rep["acquisition_calls"] >= 2  # the raw samples, then the optimiser
         assert rep["wall_s_per_call"] == pytest.approx(rep["wall_s"] / rep["acquisition_calls"])
+        parts = [rep[k] for k in ("update_s", "build_s", "raw_s", "call_s")]
+        assert all(0 < t < rep["wall_s"] for t in parts)  # each part is less than the step
+        fixed = sum(parts[:3]) + psc.FIXED_CALLS * parts[3]
+        assert rep["fixed_calls_s"] == pytest.approx(fixed)
         # the peak was reset just before the timed step: at least the RSS then
         assert rep["step_peak_mb"] >= rep["rss_before_mb"] > 100
         assert rep["step_extra_mb"] == pytest.approx(rep["step_peak_mb"] - rep["rss_before_mb"])
