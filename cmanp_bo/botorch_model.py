@@ -384,7 +384,15 @@ class CMANPModel(Model, FantasizeMixin, GP):
             c11, c21, c22 = (b.mul(s.pow(2)).to(X.dtype) for b in blocks)
             mean = (shift + scale * mean).to(X.dtype)
             mvn = MultivariateNormal(mean, _block_covariance(c11, c21, c22))
-            posterior = PrefixRootPosterior(mvn, (root * s).to(X.dtype), cross=c21, tail=c22)
+            k = root.shape[-1]
+            posterior = PrefixRootPosterior(
+                mvn,
+                (root * s).to(X.dtype),
+                cross=c21,
+                tail=c22,
+                prefix_samples=self._prefix_cache[-1],
+                prefix_loc=mean[(0,) * (mean.dim() - 1)][:k].detach(),  # a constant
+            )
         else:
             mean, cov, noise_var = self._frame_moments(Z, independent)
             # From network units to outcome-transformed units.
@@ -414,7 +422,9 @@ class CMANPModel(Model, FantasizeMixin, GP):
     # ------------------------------------------------------------------- constant prefix
     def _reset_prefix_cache(self) -> None:
         self._observed_keys: frozenset[bytes] | None = None
-        self._prefix_cache: tuple[bytes, Tensor, Tensor, Tensor, Tensor] | None = None
+        # (key, head outputs, mean, covariance, Cholesky factor, prefix samples); the last is
+        # PrefixRootPosterior's ``prefix_samples`` (this prefix's samples by base samples)
+        self._prefix_cache: tuple[bytes, Tensor, Tensor, Tensor, Tensor, dict] | None = None
 
     def _constant_prefix(self, Z: Tensor) -> tuple[Tensor, bytes] | None:
         """The leading columns of ``Z`` that are constants, as ``(k x dim_x rows, their bytes)``
@@ -472,8 +482,9 @@ class CMANPModel(Model, FantasizeMixin, GP):
                 out_c = net.head_outputs(state, prefix)
                 mean_c, cov_c, _ = net.moments_from_outputs(out_c)
                 cov_c = _jittered(cov_c)
-                self._prefix_cache = (key, out_c, mean_c, cov_c, psd_safe_cholesky(cov_c))
-        _, out_c, mean_c, cov_c, root_c = self._prefix_cache
+                root_c = psd_safe_cholesky(cov_c)
+                self._prefix_cache = (key, out_c, mean_c, cov_c, root_c, {})
+        _, out_c, mean_c, cov_c, root_c, _ = self._prefix_cache
         out_r = net.head_outputs(state, Z[..., k:, :])
         mean_r, c22, _ = net.moments_from_outputs(out_r)
         c21 = net.covariance_from_outputs(out_r, out_c)
@@ -631,6 +642,14 @@ class PrefixRootPosterior(GPyTorchPosterior):
     ``tail`` (``C22``) may be given; otherwise they are read from the distribution's
     covariance. Everything else (mean, variance, ``distribution``) is the plain
     ``GPyTorchPosterior``.
+
+    ``prefix_samples`` and ``prefix_loc``: for a prefix that is a constant (no gradient flows to
+    it), its mean (``k``) and a dict that the posteriors of that prefix share (``CMANPModel``
+    keeps one per cached baseline, with the factor). The dict holds the prefix's samples from
+    the last base samples seen, so an optimiser whose sampler keeps its base samples (every
+    BoTorch MC acquisition) does not recompute the ``k x k`` product at each call. A hit needs
+    the same base samples and prefix mean, compared by value. Without them every call computes
+    the product.
     """
 
     def __init__(
@@ -639,12 +658,40 @@ class PrefixRootPosterior(GPyTorchPosterior):
         prefix_root: Tensor,
         cross: Tensor | None = None,
         tail: Tensor | None = None,
+        prefix_samples: dict | None = None,
+        prefix_loc: Tensor | None = None,
     ) -> None:
         super().__init__(distribution)
         self.prefix_root = prefix_root
         if (cross is None) != (tail is None):
             raise ValueError("pass both cross and tail, or neither")
         self._blocks = None if cross is None else (cross, tail)
+        if (prefix_samples is None) != (prefix_loc is None):
+            raise ValueError("pass both prefix_samples and prefix_loc, or neither")
+        if prefix_loc is not None and (prefix_loc.requires_grad or prefix_root.requires_grad):
+            raise ValueError("prefix_loc and prefix_root must be constants to share samples")
+        self._prefix_samples, self._prefix_loc = prefix_samples, prefix_loc
+
+    def _shared_prefix_samples(self, z1: Tensor, loc1: Tensor) -> Tensor:
+        """``loc1 + z1 L11^T`` (``loc1``: the prefix's mean, ``z1``: the first batch element's
+        base samples), from ``prefix_samples`` when the same ``z1`` was seen last."""
+        cache = self._prefix_samples
+        if cache is None or z1.requires_grad:
+            return loc1 + _rows_times(z1, self.prefix_root.transpose(-1, -2))
+        loc1 = self._prefix_loc.expand_as(loc1)  # the same values, without the graph
+        if "z" in cache:
+            z, loc, s1 = cache["z"], cache["loc"], cache["s1"]
+            same = (z.shape, z.dtype, loc.shape, loc.dtype) == (
+                z1.shape,
+                z1.dtype,
+                loc1.shape,
+                loc1.dtype,
+            )
+            if same and torch.equal(z, z1) and torch.equal(loc, loc1):
+                return s1
+        s1 = loc1 + _rows_times(z1, self.prefix_root.transpose(-1, -2))
+        cache.update(z=z1.clone(), loc=loc1.clone(), s1=s1)
+        return s1
 
     def rsample_from_base_samples(self, sample_shape: torch.Size, base_samples: Tensor) -> Tensor:
         if base_samples.shape[: len(sample_shape)] != sample_shape:
@@ -669,7 +716,7 @@ class PrefixRootPosterior(GPyTorchPosterior):
             # The samplers expand base samples over the t-batch: the prefix's samples (the
             # costly k x k product) are then the same in every batch element.
             first_loc = loc[(*([slice(0, 1)] * len(batch_dims)), slice(0, k))]
-            s1 = (first_loc + _rows_times(first, L11.transpose(-1, -2))).expand_as(z1)
+            s1 = self._shared_prefix_samples(first, first_loc).expand_as(z1)
         else:
             s1 = loc[..., :k] + _rows_times(z1, L11.transpose(-1, -2))
         s2 = loc[..., k:] + (L21 @ z1.unsqueeze(-1) + L22 @ z2.unsqueeze(-1)).squeeze(-1)

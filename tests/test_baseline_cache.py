@@ -164,3 +164,59 @@ def test_blockwise_samples_equal_those_of_the_full_cholesky_factor(shared_base_s
     assert torch.allclose(got, dense, atol=1e-8)
     with pytest.raises(RuntimeError, match="sample_shape"):
         post.rsample_from_base_samples(torch.Size([5]), base)
+
+
+def test_the_prefix_samples_are_reused_across_calls_with_the_same_base_samples(monkeypatch):
+    import cmanp_bo.botorch_model as bm
+
+    X, _ = _data()
+    model = _model()
+    products: list[tuple] = []
+    original = bm._rows_times
+
+    def counting(A, M):
+        products.append(tuple(A.shape))
+        return original(A, M)
+
+    monkeypatch.setattr(bm, "_rows_times", counting)
+    full = lambda cand: torch.cat([X.expand(3, *X.shape), cand], dim=-2)  # noqa: E731
+    base = torch.randn(7, 1, X.shape[0] + 1, dtype=torch.float64).expand(7, 3, -1)
+    draws = []
+    for i in range(3):
+        cand = torch.rand(3, 1, 2, dtype=torch.float64)
+        post = model.posterior(full(cand))
+        got = post.rsample_from_base_samples(torch.Size([7]), base if i < 2 else base + 1)
+        dense = GPyTorchPosterior(post.distribution).rsample_from_base_samples(
+            torch.Size([7]), base if i < 2 else base + 1
+        )
+        assert torch.allclose(got, dense, atol=1e-8)  # a reused prefix is still exact
+        draws.append(got[..., : X.shape[0], 0])
+    # the k x k product: once for the first base samples, once more for new ones
+    assert products == [(7, 1, X.shape[0])] * 2
+    assert torch.equal(draws[0], draws[1]) and not torch.allclose(draws[0], draws[2])
+    # a new model (another prefix factor) starts afresh
+    new = model.condition_on_observations(X[:1] * 0.5, torch.zeros(1, 1, dtype=torch.float64))
+    new.posterior(full(cand)).rsample_from_base_samples(torch.Size([7]), base)
+    assert len(products) == 3
+
+
+def test_prefix_samples_are_shared_only_for_a_constant_prefix():
+    X, _ = _data()
+    model = _model()
+    cand = torch.rand(3, 1, 2, dtype=torch.float64)
+    post = model.posterior(torch.cat([X.expand(3, *X.shape), cand], dim=-2))
+    k, root = X.shape[0], post.prefix_root
+    loc = post.distribution.loc.detach().requires_grad_()
+    mvn = type(post.distribution)(loc, post.distribution.lazy_covariance_matrix)
+    with pytest.raises(ValueError, match="both"):
+        PrefixRootPosterior(mvn, root, prefix_samples={})
+    with pytest.raises(ValueError, match="constants"):
+        PrefixRootPosterior(mvn, root, prefix_samples={}, prefix_loc=loc[0, :k])
+    # a prefix mean with a gradient (no sharing): the gradient reaches it
+    graded = PrefixRootPosterior(mvn, root)
+    base = torch.randn(5, 1, k + 1, dtype=torch.float64).expand(5, 3, -1)
+    graded.rsample_from_base_samples(torch.Size([5]), base).sum().backward()
+    # every sample of every batch element moves with the prefix mean (the shared-sample path
+    # reads it from the first batch element, where the prefix is the same in all)
+    total = loc.grad[..., :k].sum(0)
+    assert torch.equal(total, torch.full_like(total, 15.0))

@@ -31,7 +31,8 @@ def test_times_each_network_in_its_own_process_with_the_steps_own_peak(tmp_path)
     argv += ["--surrogates", "cmanp,tnp", "--gp", "--workers", "2", "--out", str(out)]
     result = psc.main(argv)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert [(r["surrogate"], r["n"]) for r in result["rows"]] == [("cmanp", 18), ("tnp", 18), ("gp", 18)]
+    rows = [(r["surrogate"], r["n"]) for r in result["rows"]]
+    assert rows == [("cmanp", 18), ("tnp", 18), ("gp", 18)]
     for row in result["rows"]:
         (rep,) = row["repeats"]
         assert row["recorded_points"] == 14
