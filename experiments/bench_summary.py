@@ -107,6 +107,7 @@ LONG_ALTERNATIVES = (
     "long_trust",
     "long_gp_trust",
     "long_d2",
+    "long_s29",  # rosenbrock8 and levy10, seeds 0-2, the stop-29 code, gp paired on one VM
 )
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
@@ -230,7 +231,10 @@ def reach_gp_final(db: sqlite3.Connection, model: str = "cmanp", reference: str 
     ``reference`` ended at (its last step: at 1000 evaluations, or where its cap stopped it), in
     evaluations and in cumulative wall-clock (``cum_wall_s``, evaluations included), against
     where ``reference`` itself first got there; ``ratio`` is model's wall-clock over the
-    reference's (the target: <= 0.1 with the reference at 1000 evaluations)."""
+    reference's (the target: <= 0.1 with the reference at 1000 evaluations). ``ratio_to_run``
+    divides by the reference's whole run instead (its last step's ``cum_wall_s``: the looser
+    reading of "gp's cumulative wall-clock", the same where the reference improved to its last
+    step)."""
     runs = {(r["problem"], r["surrogate"], r["seed"]): r for r in _current(db)}
     out: dict[str, dict] = {}
     for (problem, surrogate, seed), ref in sorted(runs.items()):
@@ -251,6 +255,7 @@ def reach_gp_final(db: sqlite3.Connection, model: str = "cmanp", reference: str 
             f"{model}_final_regret": round(model_steps[-1]["regret"], 4),
             f"{model}_reached_at": None,
             "ratio": None,
+            "ratio_to_run": None,
         }
         if hit is not None:
             entry[f"{model}_reached_at"] = {
@@ -258,6 +263,7 @@ def reach_gp_final(db: sqlite3.Connection, model: str = "cmanp", reference: str 
                 "wall_s": round(hit["cum_wall_s"], 1),
             }
             entry["ratio"] = round(hit["cum_wall_s"] / own["cum_wall_s"], 4)
+            entry["ratio_to_run"] = round(hit["cum_wall_s"] / ref_steps[-1]["cum_wall_s"], 4)
         out[f"{problem}/seed{seed}"] = entry
     return out
 

@@ -44,19 +44,20 @@ def test_reach_gp_final_and_the_cache_effect(tmp_path):
     old = {**base, "network": "bo-d7-10-poly@aaa", "options": {"checkpoint": "bo-d7-10-poly"}}
     long, poly = ResultStore(tmp_path / "long.sqlite"), ResultStore(tmp_path / "poly.sqlite")
     for store in (long, poly):
-        _add(store, "gp", 0, base, [9.0, 5.0, 4.0, 3.0], [0, 1, 2, 4], [1, 3, 6, 11])
+        _add(store, "gp", 0, base, [9.0, 5.0, 3.0, 3.0], [0, 1, 2, 4], [1, 3, 6, 11])
     _add(long, "cmanp", 0, new, [8.0, 3.0, 2.0, 1.0, 0.5], [0, 1, 1, 1, 1], [1, 2, 3, 4, 5])
     _add(poly, "cmanp", 0, old, [8.0, 4.0, 3.0], [0, 3, 5], [1, 4, 9])
     _add(poly, "cmanp", 1, old, [8.0, 4.0], [0, 3], [1, 4])  # no cached run: not paired
     long.close(), poly.close()
     cached, uncached = _open(tmp_path / "long.sqlite"), _open(tmp_path / "poly.sqlite")
     reach = bs.reach_gp_final(cached)["rosenbrock8/seed0"]
+    # gp first got to its final regret at evaluation 3 (6 s) and ran on to 11 s
     assert reach["gp_final_regret"] == 3.0 and reach["gp_reached_at"] == {
-        "evaluation": 4,
-        "wall_s": 11.0,
+        "evaluation": 3,
+        "wall_s": 6.0,
     }
     assert reach["cmanp_reached_at"] == {"evaluation": 2, "wall_s": 2.0}
-    assert reach["ratio"] == round(2 / 11, 4)
+    assert reach["ratio"] == round(2 / 6, 4) and reach["ratio_to_run"] == round(2 / 11, 4)
     effect = bs.cache_effect(cached, uncached)
     assert list(effect) == ["rosenbrock8/seed0"]
     e = effect["rosenbrock8/seed0"]
