@@ -45,6 +45,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "13"])
     with pytest.raises(SystemExit, match="run stage 11 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "14"])
+    with pytest.raises(SystemExit, match="run stage 7 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "15"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -106,8 +108,15 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     assert long710["config"]["dim_x"] == 10 and long710["config"]["polynomial_memory"] is True
     assert "'max_context': 1024" in long710["prior"] and "'min_dim': 4" in long710["prior"]
     assert "'near_share': 0.5" in long710["prior"] and long710["seed"] == 12
+    exact, plain = (read_card(tmp_path / s / "model.pt") for s in ("bo-d36-exact", "bo-d36-plain"))
+    for card, seed in ((exact, 13), (plain, 14)):  # stages 15, 16: from stage 7
+        assert card["init_from"].endswith("bo-d36-reg/model.pt") and card["steps"] == 12
+        assert card["config"]["regression_features"] == 64 and card["seed"] == seed
+        assert "'short_share': 0.0" in card["prior"] and "'near_share': 0.5" in card["prior"]
+    assert "'noise_max': 0.01" in exact["prior"] and "'noise_min': 0.0001" in exact["prior"]
+    assert "noise_max" not in plain["prior"]
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 14
+    assert capsys.readouterr().out.count(": finished,") == 16
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
