@@ -270,11 +270,14 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
         allowed.update({k: getattr(net.cfg, k) for k in _REGRESSION_FIELDS})
     if not source.cfg.polynomial_memory:  # and a polynomial one (no weights of its own)
         allowed["polynomial_memory"] = net.cfg.polynomial_memory
+    if not source.cfg.hypothesis_count:  # and a hypothesis one (fixed buffers only)
+        allowed.update({k: getattr(net.cfg, k) for k in _HYPOTHESIS_FIELDS})
     if source.arch != net.arch or replace(source.cfg, **allowed) != net.cfg:
         raise ValueError(
             f"--init-from {cfg.init_from} holds a {source.arch} network with {source.cfg}, but "
             f"this run builds a {net.arch} network with {net.cfg}; pass the same --arch/--model "
-            "(only dim_x may grow, and regression or polynomial memories may be added)"
+            "(only dim_x may grow, and regression, polynomial or hypothesis memories may be "
+            "added)"
         )
     if source.cfg.dim_x > net.cfg.dim_x:
         raise ValueError(
@@ -287,6 +290,7 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
 
 
 _REGRESSION_FIELDS = ("regression_features", "regression_lengthscales", "regression_noise")
+_HYPOTHESIS_FIELDS = ("hypothesis_count", "hypothesis_features")
 
 
 def _source_network(path: str) -> NeuralProcess:
@@ -309,9 +313,9 @@ def widen_inputs(
     ``target``'s freshly drawn rows of the Fourier matrix; every other weight is copied. A
     network trained on d <= 2 thus starts a run on larger d from what it has learned (``dim_x``:
     the target's input dimension; ``None`` when no regression memory is added). A
-    regression or polynomial memory new to the target (``cmanp_bo.nn.regression``) keeps its
-    fresh initialisation, and its readout enters the query embedder through zero weights, so the
-    widened network predicts exactly what the source did.
+    regression, polynomial or hypothesis memory new to the target (``cmanp_bo.nn.regression``)
+    keeps its fresh initialisation, and its readout enters the query embedder through zero
+    weights, so the widened network predicts exactly what the source did.
     """
     d_old = source_cfg.dim_x
     if dim_x is None:  # without a regression memory the embedders' growth is all new inputs
@@ -323,7 +327,7 @@ def widen_inputs(
     out = {}
     for key, new in target.items():
         if key not in source:
-            if not key.startswith("regression."):
+            if not key.startswith(("regression.", "hypothesis.")):
                 raise ValueError(f"cannot widen: {key} is not in the source network")
             out[key] = new.clone()
             continue

@@ -18,8 +18,10 @@ from cmanp_bo.nn.attention import AttentionStats
 from cmanp_bo.nn.layers import CrossAttentionLayer, SelfAttentionLayer
 from cmanp_bo.nn.process import NeuralProcess, broadcast_batch, check_finite
 from cmanp_bo.nn.regression import (
+    HYPOTHESIS_READOUT_WIDTH,
     MIN_NOISE,
     POLY_READOUT_WIDTH,
+    HypothesisMemory,
     PolynomialMemory,
     RegressionMemory,
     RegressionStats,
@@ -63,6 +65,12 @@ class CMANPConfig:
             whose per-target mean, function std and noise std are fed to the query embedder
             (CMANP only; ``cmanp_bo.nn.regression.PolynomialMemory``). Its statistics join the
             context state (``m^2 + m + 1`` numbers per task, ``m = 1 + d + d (d + 1) / 2``).
+        hypothesis_count: lengthscale hypotheses K of a model-averaged random-feature GP
+            regression over the context whose per-target mean, function std and noise std are
+            fed to the query embedder (0: off; CMANP only;
+            ``cmanp_bo.nn.regression.HypothesisMemory``). Its statistics join the context
+            state (``2 K ((m + 1)^2 + m + 1) + 1`` numbers per task).
+        hypothesis_features: random features m per hypothesis and kernel.
     """
 
     dim_x: int = 1
@@ -83,6 +91,8 @@ class CMANPConfig:
     regression_lengthscales: tuple[float, ...] = (0.15, 0.4, 1.2, 4.0)
     regression_noise: float = 1e-2
     polynomial_memory: bool = False
+    hypothesis_count: int = 0
+    hypothesis_features: int = 64
 
     def __post_init__(self) -> None:
         for name in (
@@ -96,6 +106,7 @@ class CMANPConfig:
             "num_latents",
             "num_block_latents",
             "joint_rank",
+            "hypothesis_features",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -136,6 +147,14 @@ class CMANPConfig:
                 "CMANPConfig.regression_lengthscales must be a non-empty list of positive "
                 f"numbers, got {self.regression_lengthscales!r}"
             )
+        if (
+            not isinstance(self.hypothesis_count, int)
+            or isinstance(self.hypothesis_count, bool)
+            or self.hypothesis_count < 0
+        ):
+            raise ValueError(
+                f"CMANPConfig.hypothesis_count must be an int >= 0, got {self.hypothesis_count!r}"
+            )
         if not isinstance(self.polynomial_memory, bool):
             raise ValueError(
                 "CMANPConfig.polynomial_memory must be true or false, got "
@@ -164,6 +183,7 @@ class ContextState:
     num_points: int
     regression: RegressionStats | None = None
     polynomial: RegressionStats | None = None
+    hypothesis: RegressionStats | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -180,9 +200,14 @@ class ContextState:
 
     def tensors(self) -> list[Tensor]:
         out = [t for s in self.layers for t in (s.log_norm, s.output)]
-        for memory in (self.regression, self.polynomial):
+        for memory in self.memories():
             out += memory.tensors() if memory is not None else []
         return out
+
+    def memories(self) -> tuple[RegressionStats | None, ...]:
+        """The statistics of the regression, polynomial and hypothesis memories, in that order
+        (``None`` where the network has no such memory)."""
+        return (self.regression, self.polynomial, self.hypothesis)
 
     def expand(self, batch_shape: torch.Size | tuple[int, ...]) -> ContextState:
         """The same context broadcast to ``batch_shape`` (a view; no copy)."""
@@ -190,8 +215,7 @@ class ContextState:
         return ContextState(
             tuple(s.expand(batch_shape) for s in self.layers),
             self.num_points,
-            self.regression.expand(batch_shape) if self.regression is not None else None,
-            self.polynomial.expand(batch_shape) if self.polynomial is not None else None,
+            *(m.expand(batch_shape) if m is not None else None for m in self.memories()),
         )
 
 
@@ -256,18 +280,27 @@ class CMANP(NeuralProcess):
             else None
         )
         self.polynomial = PolynomialMemory(cfg.dim_x) if cfg.polynomial_memory else None
+        self.hypothesis = (
+            HypothesisMemory(cfg.dim_x, cfg.hypothesis_count, cfg.hypothesis_features)
+            if cfg.hypothesis_count
+            else None
+        )
+
+    @property
+    def memories(self) -> tuple[nn.Module | None, ...]:
+        """The regression, polynomial and hypothesis memories (``ContextState.memories``'s
+        order; ``None`` where absent)."""
+        return (self.regression, self.polynomial, self.hypothesis)
 
     @classmethod
     def query_extra_width(cls, cfg: CMANPConfig) -> int:
         width = readout_width(len(cfg.regression_lengthscales)) if cfg.regression_features else 0
-        return width + (POLY_READOUT_WIDTH if cfg.polynomial_memory else 0)
+        width += POLY_READOUT_WIDTH if cfg.polynomial_memory else 0
+        return width + (HYPOTHESIS_READOUT_WIDTH if cfg.hypothesis_count else 0)
 
     def _query_inputs(self, state: ContextState, x: Tensor) -> Tensor:
         parts = [self._features(x)]  # then the readouts, in the order of query_extra_width
-        for memory, stats in (
-            (self.regression, state.regression),
-            (self.polynomial, state.polynomial),
-        ):
+        for memory, stats in zip(self.memories, state.memories()):
             if memory is not None:
                 parts.append(memory.readout(stats, state.num_points, x, state._cache))
         if len(parts) == 1:
@@ -298,12 +331,10 @@ class CMANP(NeuralProcess):
         if not streamed:
             tokens = self._context_tokens(x, y, batch_shape)
             layers = tuple(blk.context_stats(tokens) for blk in self.encoder)
-            regression = polynomial = None
-            if self.regression is not None:
-                regression = self.regression.stats(x, y, batch_shape)
-            if self.polynomial is not None:
-                polynomial = self.polynomial.stats(x, y, batch_shape)
-            return ContextState(layers, n, regression, polynomial)
+            memories = (
+                m.stats(x, y, batch_shape) if m is not None else None for m in self.memories
+            )
+            return ContextState(layers, n, *memories)
         state = self.empty_state(batch_shape)
         for start in range(0, n, block_size):
             xb, yb = x[..., start : start + block_size, :], y[..., start : start + block_size, :]
@@ -318,12 +349,12 @@ class CMANP(NeuralProcess):
     ) -> ContextState:
         tokens = self._context_tokens(x, y, batch_shape)
         layers = tuple(blk.absorb(s, tokens) for blk, s in zip(self.encoder, state.layers))
-        regression = polynomial = None
-        if self.regression is not None:  # batch shapes broadcast inside (fantasies share gram)
-            regression = self.regression.absorb(state.regression, x, y)
-        if self.polynomial is not None:
-            polynomial = self.polynomial.absorb(state.polynomial, x, y)
-        return ContextState(layers, state.num_points + x.shape[-2], regression, polynomial)
+        # batch shapes broadcast inside the memories (fantasies share the gram)
+        memories = (
+            m.absorb(stats, x, y) if m is not None else None
+            for m, stats in zip(self.memories, state.memories())
+        )
+        return ContextState(layers, state.num_points + x.shape[-2], *memories)
 
     def empty_state(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> ContextState:
         """The state of no context at all (predictions are then the prior's).
@@ -336,12 +367,8 @@ class CMANP(NeuralProcess):
             blk.read.attn.empty_stats(blk.read.norm_q(blk.block_latents)).expand(batch_shape)
             for blk in self.encoder
         )
-        regression = polynomial = None
-        if self.regression is not None:
-            regression = self.regression.empty(batch_shape)
-        if self.polynomial is not None:
-            polynomial = self.polynomial.empty(batch_shape)
-        return ContextState(layers, 0, regression, polynomial)
+        memories = (m.empty(batch_shape) if m is not None else None for m in self.memories)
+        return ContextState(layers, 0, *memories)
 
     def update(self, state: ContextState, x: Tensor, y: Tensor) -> ContextState:
         """Return a new state that also holds ``(x, y)``; the input state is not modified.
@@ -369,9 +396,10 @@ class CMANP(NeuralProcess):
             )
         if state.dtype != self.dtype:
             raise TypeError(f"state has dtype {state.dtype} but the network is {self.dtype}")
-        for name, stats, memory in (
-            ("regression memory", state.regression, self.regression),
-            ("polynomial memory", state.polynomial, self.polynomial),
+        for name, stats, memory in zip(
+            ("regression memory", "polynomial memory", "hypothesis memory"),
+            state.memories(),
+            self.memories,
         ):
             if (stats is None) != (memory is None):
                 raise ValueError(

@@ -84,10 +84,11 @@ class NeuralProcess(nn.Module):
     @classmethod
     def query_extra_width(cls, cfg: CMANPConfig) -> int:
         """Width of the context readout that ``_query_inputs`` appends to a target's features."""
-        if cfg.regression_features or cfg.polynomial_memory:
+        if cfg.regression_features or cfg.polynomial_memory or cfg.hypothesis_count:
             raise ValueError(
                 f"the {cls.arch} architecture has no regression memory "
-                "(CMANPConfig.regression_features must be 0 and polynomial_memory false)"
+                "(CMANPConfig.regression_features and hypothesis_count must be 0 and "
+                "polynomial_memory false)"
             )
         return 0
 

@@ -339,7 +339,144 @@ class PolynomialMemory(nn.Module):
         return torch.stack(parts, -1).to(x.dtype)
 
 
+# The hypothesis memory's grids. Signal variances s in frame units: the frame scales the context
+# to unit spread, but a long lengthscale makes the in-cube spread a small part of the signal
+# (held-out prior tasks at d = 2..6: median 25-200 frame units). Noise-to-signal variance ratios
+# r: the prior's noise std is 0.1% to 10% of the signal's. The scale s factors out of the
+# posterior, so the grid costs one factorisation per bank and ratio.
+HYPOTHESIS_SIGNAL_VARIANCES = tuple(4.0**k for k in range(-2, 8))
+HYPOTHESIS_NOISE_RATIOS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+HYPOTHESIS_KERNELS = ("rbf", "matern")
+#: Features per target of ``HypothesisMemory.readout``.
+HYPOTHESIS_READOUT_WIDTH = 3
+MATERN_NU = 2.5
+
+
+class HypothesisMemory(nn.Module):
+    """A Bayesian model average of random-feature GP regressions over per-dimension (ARD)
+    lengthscale hypotheses, streamed in constant memory.
+
+    ``RegressionMemory``'s banks are isotropic; the prior (and a fitted GP) has a lengthscale per
+    dimension, and most of the networks' gap to a fitted GP on held-out prior tasks is there
+    (experiments/hypothesis_bma.py). Here each bank is one hypothesis: ``hypotheses``
+    lengthscale vectors drawn once from BoTorch's dimension-scaled log-normal hyperprior
+    (``cmanp_bo.priors.bo.lengthscale_hyperprior(dim_x)``), each with RBF and Matern-5/2 random
+    Fourier features (``m`` features plus a constant for the mean). With weights ``N(0, s)`` and
+    noise variance ``r s``, ``A = G + r I`` (``G = sum phi phi^T``, ``M = sum phi y``):
+
+        mean = phi^T A^{-1} M,   var_f = r s phi^T A^{-1} phi,
+        log evidence = -1/2 [(sum y^2 - M^T A^{-1} M) / (r s) + n log(r s)
+                             + logdet A - m log r + n log 2 pi],
+
+    averaged over the banks x ``HYPOTHESIS_NOISE_RATIOS`` x ``HYPOTHESIS_SIGNAL_VARIANCES`` by
+    evidence. Nothing is trained: the frequencies are fixed buffers (saved with the network).
+    A zero-padded input adds nothing to ``x W``.
+
+    Args:
+        dim_x: input dimension (the hyperprior's d).
+        hypotheses: lengthscale vectors K (banks: ``K x len(HYPOTHESIS_KERNELS)``).
+        num_features: random features m per bank.
+        seed: seed of the hypotheses and features.
+    """
+
+    def __init__(self, dim_x: int, hypotheses: int, num_features: int, seed: int = 0) -> None:
+        super().__init__()
+        if hypotheses < 1 or num_features < 1:
+            raise ValueError("need hypotheses >= 1 and num_features >= 1")
+        from cmanp_bo.priors.bo import lengthscale_hyperprior  # torch only; no cycle at import
+
+        gen = torch.Generator().manual_seed(seed)
+        loc, scale = lengthscale_hyperprior(dim_x)
+        ls = (loc + scale * torch.randn(hypotheses, dim_x, generator=gen)).exp()
+        freqs, phases = [], []
+        for kind in HYPOTHESIS_KERNELS:
+            z = torch.randn(hypotheses, dim_x, num_features, generator=gen)
+            if kind == "matern":  # multivariate t with 2 nu degrees of freedom
+                dof = int(2 * MATERN_NU)
+                chi2 = torch.randn(hypotheses, 1, num_features, dof, generator=gen).pow(2).sum(-1)
+                z = z * (2 * MATERN_NU / chi2).sqrt()
+            freqs.append(z / ls[:, :, None])
+            phases.append(torch.rand(hypotheses, 1, num_features, generator=gen) * 2 * math.pi)
+        self.num_features = num_features + 1  # and the constant
+        self.register_buffer("frequencies", torch.cat(freqs).double())
+        self.register_buffer("phases", torch.cat(phases).double())
+        grid = [HYPOTHESIS_NOISE_RATIOS, HYPOTHESIS_SIGNAL_VARIANCES]
+        r, s = (torch.tensor(g, dtype=torch.float64) for g in grid)
+        self.register_buffer("ratios", r, persistent=False)
+        self.register_buffer("scales", s, persistent=False)
+
+    @property
+    def num_banks(self) -> int:
+        return self.frequencies.shape[0]
+
+    def features(self, x: Tensor) -> Tensor:
+        """``batch_shape x n x dim_x`` -> ``batch_shape x banks x n x (m + 1)``, in float64."""
+        m = self.frequencies.shape[-1]
+        proj = x.double().unsqueeze(-3) @ self.frequencies.double() + self.phases.double()
+        phi = math.sqrt(2.0 / m) * torch.cos(proj)
+        return torch.cat([phi, torch.ones_like(phi[..., :1])], -1)
+
+    def empty(self, batch_shape: torch.Size) -> RegressionStats:
+        return _empty_stats(batch_shape, self.num_banks, self.num_features, self.frequencies.device)
+
+    def stats(self, x: Tensor, y: Tensor, batch_shape: torch.Size) -> RegressionStats:
+        return self.absorb(self.empty(batch_shape), x, y)
+
+    def absorb(self, stats: RegressionStats, x: Tensor, y: Tensor) -> RegressionStats:
+        """Add a block of points to ``stats``; cost O(u m^2) per bank."""
+        return _absorb_features(stats, self.features(x), y)
+
+    def _posterior(self, stats: RegressionStats, num_points: int) -> tuple[Tensor, ...]:
+        """Per ratio and bank the Cholesky factor of ``G + r I`` and ``A^{-1} M``, and the log
+        weights of every (ratio, scale, bank) setting (float64)."""
+        m, n = self.num_features, num_points
+        r, s = self.ratios, self.scales
+        gram = 0.5 * (stats.gram + stats.gram.transpose(-1, -2)).unsqueeze(-4)  # b x 1 x B x m x m
+        eye = torch.eye(m, dtype=torch.float64, device=gram.device)
+        chol = torch.linalg.cholesky(gram + r[:, None, None, None] * eye)  # b x R x B x m x m
+        moment = stats.moment.unsqueeze(-3).unsqueeze(-1)  # b x 1 x B x m x 1
+        alpha = torch.cholesky_solve(moment, chol).squeeze(-1)  # b x R x B x m
+        fit = stats.sq_sum[..., None, None] - (moment.squeeze(-1) * alpha).sum(-1)  # b x R x B
+        logdet = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
+        logdet = logdet - m * r.log()[:, None]  # b x R x B
+        lam = (r[:, None] * s)[:, :, None]  # R x S x 1
+        log_ev = -0.5 * (
+            fit.unsqueeze(-2) / lam
+            + n * lam.log()
+            + logdet.unsqueeze(-2)
+            + n * math.log(2 * math.pi)
+        )  # b x R x S x B
+        shape = log_ev.shape
+        log_w = torch.log_softmax(log_ev.flatten(-3), -1).reshape(shape)
+        return chol, alpha, log_w
+
+    def readout(
+        self, stats: RegressionStats, num_points: int, x: Tensor, cache: dict | None = None
+    ) -> Tensor:
+        """Per-target ``batch_shape x n x 3``: the model-averaged mean, log std of the function
+        and log std of the noise, in ``x``'s dtype (a target's features depend on its own input
+        and the context only)."""
+        chol, alpha, log_w = _cached_posterior(self, "hypothesis", stats, num_points, cache)
+        phi = self.features(x).unsqueeze(-4)  # b x 1 x B x n x m
+        mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)  # b x R x B x n
+        half = torch.linalg.solve_triangular(chol, phi.transpose(-1, -2), upper=False)
+        quad = half.pow(2).sum(-2)  # b x R x B x n
+        w = log_w.exp()  # b x R x S x B
+        r, s = self.ratios, self.scales
+        w_rb = w.sum(-2)  # b x R x B: the mean does not depend on s
+        ws_rb = (w * s[:, None]).sum(-2)  # b x R x B: E[s] share
+        avg_mean = (w_rb.unsqueeze(-1) * mean).sum((-3, -2))
+        second = (w_rb.unsqueeze(-1) * mean.pow(2)).sum((-3, -2))
+        var_f = ((ws_rb * r[:, None]).unsqueeze(-1) * quad).sum((-3, -2))
+        avg_var = (var_f + second - avg_mean.pow(2)).clamp_min(0)
+        noise = (ws_rb * r[:, None]).sum((-2, -1))[..., None].expand_as(avg_mean)
+        parts = [avg_mean, 0.5 * (avg_var + LOG_FLOOR).log(), 0.5 * noise.log()]
+        return torch.stack(parts, -1).to(x.dtype)
+
+
 __all__ = [
+    "HYPOTHESIS_READOUT_WIDTH",
+    "HypothesisMemory",
     "POLY_READOUT_WIDTH",
     "PolynomialMemory",
     "RegressionMemory",

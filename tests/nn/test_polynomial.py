@@ -168,7 +168,7 @@ def test_warm_start_may_add_the_memory_but_not_drop_it(tmp_path):
     grown = poly_net(torch.float32, seed=9)
     _warm_start(grown, TrainConfig(init_from=str(tmp_path / "plain.pt")))
     assert grown.embed_query[0].weight[:, -3:].abs().max() == 0
-    with pytest.raises(ValueError, match="polynomial memories may be added"):
+    with pytest.raises(ValueError, match="memories may be added"):
         _warm_start(reg_net(torch.float32), TrainConfig(init_from=str(tmp_path / "poly.pt")))
 
 
