@@ -10,10 +10,10 @@ SingleTaskGP infers one per dimension. This script scores, with nothing trained 
   (RBF, Matern-5/2), a grid of signal variances ``S_GRID`` (frame units) and noise-to-signal
   ratios ``R_GRID``, and a constant mean of the signal's variance. Not constant memory (one n x n
   factor per hypothesis and ratio); it says what the hypotheses are worth.
-- ``bma_rff``: the same hypotheses and grid on ``m`` random Fourier features (random phase, plus
-  a constant feature): a Bayesian linear regression per setting whose statistics
-  (``sum phi phi^T``, ``sum phi y``, ``sum y^2``) stream in constant memory, as the regression
-  memory's do. It says what a constant-memory state with ARD hypotheses could read out.
+- ``bma_rff``: ``cmanp_bo.nn.regression.HypothesisMemory`` on its own (the same hypotheses and
+  grid on ``m`` random Fourier features per kernel, plus a constant): a Bayesian linear
+  regression per setting whose statistics (``sum phi phi^T``, ``sum phi y``, ``sum y^2``)
+  stream in constant memory. It says what the network's hypothesis memory can read out.
 
 next to the routed network (recomputed here on the same tasks), the exact GP with the true
 hyperparameters (the ceiling) and the fitted SingleTaskGP (its per-task rows in
@@ -50,25 +50,19 @@ from prior_fit import (  # noqa: E402
     sample_pool,
 )
 
-from cmanp_bo.priors.bo import bo_kernel, lengthscale_hyperprior  # noqa: E402
+from cmanp_bo.nn.regression import (  # noqa: E402
+    HYPOTHESIS_KERNELS,
+    HYPOTHESIS_NOISE_RATIOS,
+    HYPOTHESIS_SIGNAL_VARIANCES,
+    HypothesisMemory,
+)
+from cmanp_bo.priors.bo import bo_kernel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FITTED_GP_CSV = RESULTS / "prior_fit_bo_default.csv"
-KERNELS = ("rbf", "matern")
-# Signal variances s (frame units): the frame scales the context to unit spread, but a long
-# lengthscale makes the in-cube spread a small part of the signal (the held-out tasks' signal
-# variance in frame units has median 25-200 and 90% quantile 220-3200 at d = 2..6).
-S_GRID = tuple(4.0**k for k in range(-2, 8))
-# Noise variance over signal variance r: the prior's noise std is 0.1% to 10% of the signal's.
-R_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
-MATERN_NU = 2.5
-
-
-def lengthscale_hypotheses(dim: int, count: int, seed: int = 0) -> Tensor:
-    """``count x dim`` lengthscale vectors drawn from the prior's hyperprior (float64)."""
-    loc, scale = lengthscale_hyperprior(dim)
-    gen = torch.Generator().manual_seed(seed)
-    return (loc + scale * torch.randn(count, dim, generator=gen, dtype=torch.float64)).exp()
+KERNELS = HYPOTHESIS_KERNELS
+S_GRID = HYPOTHESIS_SIGNAL_VARIANCES
+R_GRID = HYPOTHESIS_NOISE_RATIOS
 
 
 def _average(means: list[Tensor], variances: list[Tensor], log_evidence: list[Tensor]):
@@ -84,7 +78,7 @@ def bma_exact(xc: Tensor, yc: Tensor, xt: Tensor, hyp: Tensor) -> tuple[Tensor, 
 
     Args:
         xc, yc, xt: ``n x d`` inputs, ``n`` framed outputs, ``t x d`` targets (float64).
-        hyp: ``K x d`` lengthscale hypotheses.
+        hyp: ``K x d`` lengthscale hypotheses (``HypothesisMemory.lengthscales``).
 
     Returns:
         ``t`` means and ``t`` variances (noise included).
@@ -112,59 +106,12 @@ def bma_exact(xc: Tensor, yc: Tensor, xt: Tensor, hyp: Tensor) -> tuple[Tensor, 
     return _average(means, variances, log_evidence)
 
 
-def rff_frequencies(hyp: Tensor, features: int, seed: int = 1) -> list[tuple[Tensor, Tensor]]:
-    """Per kernel, ``K x d x m`` frequencies and ``K x 1 x m`` phases of its random Fourier
-    features under each hypothesis (Matern-5/2: Gaussian frequencies over a chi-square scale,
-    i.e. multivariate t with 5 degrees of freedom)."""
-    gen = torch.Generator().manual_seed(seed)
-    k, d = hyp.shape
-    out = []
-    for kind in KERNELS:
-        z = torch.randn(k, d, features, generator=gen, dtype=torch.float64)
-        if kind == "matern":
-            chi2 = torch.randn(k, 1, features, int(2 * MATERN_NU), generator=gen).pow(2).sum(-1)
-            z = z * (2 * MATERN_NU / chi2.double()).sqrt()
-        phase = torch.rand(k, 1, features, generator=gen, dtype=torch.float64) * 2 * math.pi
-        out.append((z / hyp[:, :, None], phase))
-    return out
-
-
-def _rff_features(x: Tensor, freq: Tensor, phase: Tensor) -> Tensor:
-    """``n x d`` -> ``K x n x (m + 1)``: the random features and a constant (the mean)."""
-    m = freq.shape[-1]
-    phi = math.sqrt(2.0 / m) * torch.cos(x @ freq + phase)
-    return torch.cat([phi, torch.ones_like(phi[..., :1])], -1)
-
-
-def bma_rff(
-    xc: Tensor, yc: Tensor, xt: Tensor, freqs: list[tuple[Tensor, Tensor]]
-) -> tuple[Tensor, Tensor]:
-    """Model-averaged Bayesian linear regression on the features of ``rff_frequencies``, from
-    the streamable statistics alone (weights ``N(0, s)``, noise variance ``r s``)."""
-    n = xc.shape[0]
-    sq_sum = yc.pow(2).sum()
-    s = torch.tensor(S_GRID, dtype=torch.float64)[:, None]
-    means, variances, log_evidence = [], [], []
-    for freq, phase in freqs:
-        pc, pt = _rff_features(xc, freq, phase), _rff_features(xt, freq, phase)
-        m = pc.shape[-1]
-        gram = pc.transpose(-1, -2) @ pc
-        moment = pc.transpose(-1, -2) @ yc[:, None]
-        eye = torch.eye(m, dtype=torch.float64)
-        for r in R_GRID:  # weights N(0, s), noise r s: A = gram + r I for every s
-            chol = torch.linalg.cholesky(gram + r * eye)
-            alpha = torch.cholesky_solve(moment, chol)
-            fit = sq_sum - (moment * alpha).sum((-1, -2))  # K
-            logdet = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1) - m * math.log(r)
-            lam = r * s  # S x 1
-            ev = -0.5 * (fit / lam + n * lam.log() + logdet + n * math.log(2 * math.pi))
-            mean = (pt @ alpha).squeeze(-1)  # K x t
-            half = torch.linalg.solve_triangular(chol, pt.transpose(-1, -2), upper=False)
-            unit_var = r * (half.pow(2).sum(-2) + 1.0)  # K x t, times s
-            log_evidence.append(ev.reshape(-1))
-            means.append(mean.expand(len(S_GRID), -1, -1).reshape(-1, mean.shape[-1]))
-            variances.append((s[:, :, None] * unit_var).reshape(-1, mean.shape[-1]))
-    return _average(means, variances, log_evidence)
+def bma_rff(xc: Tensor, yc: Tensor, xt: Tensor, memory: HypothesisMemory) -> tuple[Tensor, Tensor]:
+    """The hypothesis memory's model-averaged predictive of the noisy targets, from its
+    streamable statistics alone: ``t`` means and ``t`` variances (function + noise)."""
+    stats = memory.stats(xc, yc[:, None], torch.Size([]))
+    out = memory.readout(stats, xc.shape[0], xt)
+    return out[:, 0], (2 * out[:, 1]).exp() + (2 * out[:, 2]).exp()
 
 
 def gaussian_ll(mean: Tensor, var: Tensor, y: Tensor) -> float:
@@ -197,7 +144,7 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
     return {"diff": mean, "se": se, "tasks": len(tasks)}
 
 
-def score_cell(pool, net, dim: int, size: int, tasks: int, hyp: Tensor, freqs) -> dict:
+def score_cell(pool, net, dim: int, size: int, tasks: int, memory: HypothesisMemory) -> dict:
     """Per model, task -> marginal LL on the first ``tasks`` tasks of the cell."""
     rows, _ = evaluate_cell(net, dim, size, tasks, tasks_gp=0, pool=pool)
     per: dict[str, dict[int, float]] = {"network": {}, "ceiling": {}, "bma_exact": {}}
@@ -210,7 +157,10 @@ def score_cell(pool, net, dim: int, size: int, tasks: int, hyp: Tensor, freqs) -
     for task, batch in enumerate(pool[:tasks]):
         c = context_prefix(batch, size)
         xc, yc, xt, yt = c.xc[0, :, :dim], c.yc[0, :, 0], c.xt[0, :, :dim], c.yt[0, :, 0]
-        for name, fn, arg in (("bma_exact", bma_exact, hyp), ("bma_rff", bma_rff, freqs)):
+        for name, fn, arg in (
+            ("bma_exact", bma_exact, memory.lengthscales),
+            ("bma_rff", bma_rff, memory),
+        ):
             t0 = time.perf_counter()
             mean, var = fn(xc, yc, xt, arg)
             seconds[name] += time.perf_counter() - t0
@@ -236,10 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
     cells = []
     for dim in args.dims:
         pool = sample_pool(dim, args.tasks, seed=EVAL_SEED)
-        hyp = lengthscale_hypotheses(dim, args.hypotheses)
-        freqs = rff_frequencies(hyp, args.features)
+        memory = HypothesisMemory(dim, args.hypotheses, args.features)
         for size in args.sizes:
-            per, seconds = score_cell(pool, nets[dim], dim, size, args.tasks, hyp, freqs)
+            per, seconds = score_cell(pool, nets[dim], dim, size, args.tasks, memory)
             gp = {t: v for t, v in fitted.get((dim, size), {}).items() if t < args.tasks}
             cell = {"d": dim, "n": size, "tasks": args.tasks, "seconds_per_task": seconds}
             for name, values in per.items():
@@ -259,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tasks; paired differences on the tasks both models scored",
         "command": "python experiments/hypothesis_bma.py " + " ".join(sys.argv[1:] or []),
         "settings": {
+            "memory": "cmanp_bo.nn.regression.HypothesisMemory(d, hypotheses, features, seed=0)",
             "hypotheses": args.hypotheses,
             "features": args.features,
             "kernels": KERNELS,

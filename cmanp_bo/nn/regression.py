@@ -398,6 +398,7 @@ class HypothesisMemory(nn.Module):
             freqs.append(z / ls[:, :, None])
             phases.append(torch.rand(hypotheses, 1, num_features, generator=gen) * 2 * math.pi)
         self.num_features = num_features + 1  # and the constant
+        self.register_buffer("lengthscales", ls.double(), persistent=False)  # K x dim_x
         self.register_buffer("frequencies", torch.cat(freqs).double())
         self.register_buffer("phases", torch.cat(phases).double())
         grid = [HYPOTHESIS_NOISE_RATIOS, HYPOTHESIS_SIGNAL_VARIANCES]
