@@ -47,6 +47,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "14"])
     with pytest.raises(SystemExit, match="run stage 7 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "15"])
+    with pytest.raises(SystemExit, match="run stage 17 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "18"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -115,8 +117,16 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         assert "'short_share': 0.0" in card["prior"] and "'near_share': 0.5" in card["prior"]
     assert "'noise_max': 0.01" in exact["prior"] and "'noise_min': 0.0001" in exact["prior"]
     assert "noise_max" not in plain["prior"]
+    pilot, hyp = (read_card(tmp_path / s / "model.pt") for s in ("bo-d36-hyp-pilot", "bo-d36-hyp"))
+    assert pilot["init_from"].endswith("bo-d36-reg/model.pt") and pilot["steps"] == 3
+    assert hyp["init_from"].endswith("bo-d36-hyp-pilot/model.pt") and hyp["steps"] == 9
+    for card, seed in ((pilot, 4), (hyp, 5)):  # stages 17, 18: the hypothesis memory added
+        assert card["config"]["hypothesis_count"] == 16 and card["seed"] == seed
+        assert card["config"]["hypothesis_features"] == 32
+        assert card["config"]["regression_features"] == 64
+        assert "'short_share': 0.5" in card["prior"] and "'near_share': 0.5" in card["prior"]
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 16
+    assert capsys.readouterr().out.count(": finished,") == 18
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
