@@ -86,6 +86,10 @@ ALTERNATIVES = {
     # stop 23: recipe stage 13 (bo-d36-bo, BO-like contexts; its run folder's model.pt) on the
     # warp, on the 7 problems with d = 3..6, against bo-d3-6-reg on it
     "standard_bo_d3_6_bo_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    # stop 32: recipe stage 17 (bo-d36-hyp-pilot: the hypothesis memory, 3,000 steps; its run
+    # folder's model.pt) on the warp, seeds 0-9 of the 4 d = 3..6 problems where the default is
+    # behind gp, against bo-d3-6-reg on it (gp and sobol seeds 0-9 copied in)
+    "standard_bo_d3_6_hyp_pilot_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
     # stop 23: the default networks on the Yeo-Johnson warp (``warp="power"``), all 10
     # problems, against the same networks on the copula warp (the suite's setting)
     "standard_power": ("versus_rank", UNWARPED, {"warp": "rank"}),
