@@ -113,7 +113,33 @@ def _cached_posterior(
     return post
 
 
-class RegressionMemory(nn.Module):
+class _StreamedStatistics(nn.Module):
+    """What every memory shares: statistics of ``features`` (``banks x m`` per point) summed
+    over the context. Subclasses define ``features``, ``num_banks`` and ``num_features``."""
+
+    num_features: int
+
+    @property
+    def num_banks(self) -> int:
+        raise NotImplementedError
+
+    def features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def empty(self, batch_shape: torch.Size) -> RegressionStats:
+        device = next(self.buffers()).device
+        return _empty_stats(batch_shape, self.num_banks, self.num_features, device)
+
+    def stats(self, x: Tensor, y: Tensor, batch_shape: torch.Size) -> RegressionStats:
+        """Statistics of the points ``x`` (``... x n x dim_x``), ``y`` (``... x n x 1``)."""
+        return self.absorb(self.empty(batch_shape), x, y)
+
+    def absorb(self, stats: RegressionStats, x: Tensor, y: Tensor) -> RegressionStats:
+        """Add a block of points to ``stats``; cost O(u m^2) per bank."""
+        return _absorb_features(stats, self.features(x), y)
+
+
+class RegressionMemory(_StreamedStatistics):
     """Banks of random-Fourier-feature Bayesian linear regressions over the context.
 
     Args:
@@ -151,18 +177,6 @@ class RegressionMemory(nn.Module):
         """``batch_shape x n x dim_x`` -> ``batch_shape x banks x n x m``, in float64."""
         proj = x.double().unsqueeze(-3) @ self.frequencies.double() + self.phases.double()
         return math.sqrt(2.0 / self.num_features) * torch.cos(proj)
-
-    # ----------------------------------------------------------------------------- context
-    def empty(self, batch_shape: torch.Size) -> RegressionStats:
-        return _empty_stats(batch_shape, self.num_banks, self.num_features, self.frequencies.device)
-
-    def stats(self, x: Tensor, y: Tensor, batch_shape: torch.Size) -> RegressionStats:
-        """Statistics of the points ``x`` (``... x n x dim_x``), ``y`` (``... x n x 1``)."""
-        return self.absorb(self.empty(batch_shape), x, y)
-
-    def absorb(self, stats: RegressionStats, x: Tensor, y: Tensor) -> RegressionStats:
-        """Add a block of points to ``stats``; cost O(u m^2) per bank."""
-        return _absorb_features(stats, self.features(x), y)
 
     # ----------------------------------------------------------------------------- targets
     def _posterior(self, stats: RegressionStats, num_points: int) -> tuple[Tensor, ...]:
@@ -225,7 +239,7 @@ POLY_NOISES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 POLY_READOUT_WIDTH = 3
 
 
-class PolynomialMemory(nn.Module):
+class PolynomialMemory(_StreamedStatistics):
     """A Bayesian quadratic regression over the context, model-averaged over a grid of prior
     and noise variances, streamed in constant memory.
 
@@ -289,15 +303,7 @@ class PolynomialMemory(nn.Module):
         ones = torch.ones_like(u[..., :1])
         return torch.cat([ones, u, pairs], dim=-1).unsqueeze(-3)
 
-    def empty(self, batch_shape: torch.Size) -> RegressionStats:
-        return _empty_stats(batch_shape, 1, self.num_features, self.rho.device)
-
-    def stats(self, x: Tensor, y: Tensor, batch_shape: torch.Size) -> RegressionStats:
-        return self.absorb(self.empty(batch_shape), x, y)
-
-    def absorb(self, stats: RegressionStats, x: Tensor, y: Tensor) -> RegressionStats:
-        """Add a block of points to ``stats``; cost O(u m^2)."""
-        return _absorb_features(stats, self.features(x), y)
+    num_banks = 1
 
     def _posterior(self, stats: RegressionStats, num_points: int) -> tuple[Tensor, ...]:
         """Per distinct ratio the Cholesky factor of ``G + rho I`` and ``(G + rho I)^{-1} M``,
@@ -352,7 +358,7 @@ HYPOTHESIS_READOUT_WIDTH = 3
 MATERN_NU = 2.5
 
 
-class HypothesisMemory(nn.Module):
+class HypothesisMemory(_StreamedStatistics):
     """A Bayesian model average of random-feature GP regressions over per-dimension (ARD)
     lengthscale hypotheses, streamed in constant memory.
 
@@ -416,16 +422,6 @@ class HypothesisMemory(nn.Module):
         proj = x.double().unsqueeze(-3) @ self.frequencies.double() + self.phases.double()
         phi = math.sqrt(2.0 / m) * torch.cos(proj)
         return torch.cat([phi, torch.ones_like(phi[..., :1])], -1)
-
-    def empty(self, batch_shape: torch.Size) -> RegressionStats:
-        return _empty_stats(batch_shape, self.num_banks, self.num_features, self.frequencies.device)
-
-    def stats(self, x: Tensor, y: Tensor, batch_shape: torch.Size) -> RegressionStats:
-        return self.absorb(self.empty(batch_shape), x, y)
-
-    def absorb(self, stats: RegressionStats, x: Tensor, y: Tensor) -> RegressionStats:
-        """Add a block of points to ``stats``; cost O(u m^2) per bank."""
-        return _absorb_features(stats, self.features(x), y)
 
     def _posterior(self, stats: RegressionStats, num_points: int) -> tuple[Tensor, ...]:
         """Per ratio and bank the Cholesky factor of ``G + r I`` and ``A^{-1} M``, and the log

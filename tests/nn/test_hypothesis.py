@@ -17,9 +17,7 @@ from cmanp_bo.nn.regression import (
     HypothesisMemory,
 )
 from cmanp_bo.priors.bo import lengthscale_hyperprior
-from cmanp_bo.train import widen_inputs
 from tests.nn.test_regression import cube_data, reg_net
-from tests.nn.test_streaming import max_diff, outputs
 
 
 def hyp_net(dtype=torch.float64, **kw):
@@ -100,20 +98,6 @@ def test_a_function_with_an_irrelevant_dimension_is_recovered():
     assert (mem.readout(stats, 300, moved)[:, 0] - out[:, 0]).abs().mean() < 0.05
 
 
-def test_streamed_updated_and_permuted_equal_one_shot_through_the_model():
-    net = hyp_net()
-    x, y, xq = cube_data(60, torch.float64)
-    reference = outputs(net, net.encode(x, y), xq)
-    assert max_diff(outputs(net, net.encode(x, y, block_size=7), xq), reference) < 1e-9
-    state = net.encode(x[:, :20], y[:, :20])
-    for start in range(20, 60, 13):
-        state = net.update(state, x[:, start : start + 13], y[:, start : start + 13])
-    assert max_diff(outputs(net, state, xq), reference) < 1e-9
-    perm = torch.randperm(60, generator=torch.Generator().manual_seed(2))
-    permuted = net.encode(x[:, perm], y[:, perm], block_size=11)
-    assert max_diff(outputs(net, permuted, xq), reference) < 1e-9
-
-
 def test_state_size_is_constant_and_counts_the_memory():
     net = hyp_net()
     sizes = {
@@ -122,57 +106,6 @@ def test_state_size_is_constant_and_counts_the_memory():
     plain = reg_net().encode(*cube_data(5, torch.float64)[:2]).numel()
     banks, m = 2 * 3, 6 + 1
     assert sizes == {plain + 2 * (banks * (m * m + m) + 1)}
-
-
-def test_fantasies_share_the_gram_and_match_separate_updates():
-    net = hyp_net()
-    x, y, xq = cube_data(20, torch.float64)
-    state = net.encode(x, y)
-    xf = torch.rand(2, 1, 3, dtype=torch.float64)
-    yf = torch.randn(4, 2, 1, 1, dtype=torch.float64)
-    fant = net.update(state, xf, yf)
-    assert fant.hypothesis.gram.shape[:-3] == torch.Size([2])
-    for s in range(4):
-        one = net.update(state, xf, yf[s])
-        assert max_diff(outputs(net, one, xq), [t[s] for t in outputs(net, fant, xq)]) < 1e-10
-
-
-def test_gradients_through_targets_and_fantasy_inputs_are_finite():
-    net = hyp_net()
-    x, y, _ = cube_data(4, torch.float64)
-    state = net.encode(x, y)
-    xq = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
-    net.predict(state, xq).mean.sum().backward()
-    assert torch.isfinite(xq.grad).all() and xq.grad.abs().sum() > 0
-    xf = torch.rand(2, 1, 3, dtype=torch.float64, requires_grad=True)
-    fant = net.update(state, xf, torch.zeros(2, 1, 1, dtype=torch.float64))
-    net.predict(fant, torch.rand(2, 3, 3, dtype=torch.float64)).mean.sum().backward()
-    assert torch.isfinite(xf.grad).all() and xf.grad.abs().sum() > 0
-
-
-def test_adding_the_memory_to_a_trained_network_keeps_its_predictions():
-    source = reg_net(torch.float32)
-    target = hyp_net(torch.float32, seed=5)
-    target.load_state_dict(widen_inputs(source.state_dict(), target.state_dict(), source.cfg, 3))
-    x, y, xq = cube_data(20, torch.float32)
-    with torch.no_grad():
-        a = outputs(source, source.encode(x, y), xq)
-        b = outputs(target, target.encode(x, y), xq)
-    assert max_diff(a, b) < 1e-5
-    assert target.embed_query[0].weight[:, -3:].abs().max() == 0
-
-
-def test_warm_start_may_add_the_memory_but_not_drop_it(tmp_path):
-    from cmanp_bo.checkpoint import save_checkpoint
-    from cmanp_bo.train import TrainConfig, _warm_start
-
-    save_checkpoint(reg_net(torch.float32), tmp_path / "plain.pt", {"note": "test"})
-    save_checkpoint(hyp_net(torch.float32), tmp_path / "hyp.pt", {"note": "test"})
-    grown = hyp_net(torch.float32, seed=9)
-    _warm_start(grown, TrainConfig(init_from=str(tmp_path / "plain.pt")))
-    assert grown.embed_query[0].weight[:, -3:].abs().max() == 0
-    with pytest.raises(ValueError, match="hypothesis memories may be added"):
-        _warm_start(reg_net(torch.float32), TrainConfig(init_from=str(tmp_path / "hyp.pt")))
 
 
 def test_errors_are_clear():

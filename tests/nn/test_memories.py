@@ -1,0 +1,94 @@
+"""What the closed-form memories added to a regression-memory network share (the polynomial and
+the hypothesis memory): exact streaming, fantasies that share the gram, finite gradients, and a
+warm start that adds them through zero weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cmanp_bo.train import widen_inputs
+from tests.nn.test_regression import cube_data, reg_net
+from tests.nn.test_streaming import max_diff, outputs
+
+# memory -> the config that adds it to ``reg_net``'s network
+MEMORIES = {
+    "polynomial": {"polynomial_memory": True},
+    "hypothesis": {"hypothesis_count": 3, "hypothesis_features": 6},
+}
+
+
+def memory_net(memory: str, dtype=torch.float64, **kw):
+    return reg_net(dtype, **{**MEMORIES[memory], **kw})
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_streamed_updated_and_permuted_equal_one_shot_through_the_model(memory):
+    net = memory_net(memory)
+    x, y, xq = cube_data(90, torch.float64)
+    reference = outputs(net, net.encode(x, y), xq)
+    assert max_diff(outputs(net, net.encode(x, y, block_size=7), xq), reference) < 1e-9
+    state = net.encode(x[:, :20], y[:, :20])
+    for start in range(20, 90, 13):
+        state = net.update(state, x[:, start : start + 13], y[:, start : start + 13])
+    assert max_diff(outputs(net, state, xq), reference) < 1e-9
+    perm = torch.randperm(90, generator=torch.Generator().manual_seed(2))
+    permuted = net.encode(x[:, perm], y[:, perm], block_size=11)
+    assert max_diff(outputs(net, permuted, xq), reference) < 1e-9
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_fantasies_share_the_gram_and_match_separate_updates(memory):
+    net = memory_net(memory)
+    x, y, xq = cube_data(20, torch.float64)
+    state = net.encode(x, y)
+    xf = torch.rand(2, 1, 3, dtype=torch.float64)
+    yf = torch.randn(4, 2, 1, 1, dtype=torch.float64)
+    fant = net.update(state, xf, yf)
+    assert getattr(fant, memory).gram.shape[:-3] == torch.Size([2])
+    for s in range(4):
+        one = net.update(state, xf, yf[s])
+        assert max_diff(outputs(net, one, xq), [t[s] for t in outputs(net, fant, xq)]) < 1e-10
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_gradients_through_targets_and_fantasy_inputs_are_finite(memory):
+    """Acquisition gradients: w.r.t. a target, and w.r.t. a fantasy point that joins the
+    context (its gram), with fewer points than features (a singular gram)."""
+    net = memory_net(memory)
+    x, y, _ = cube_data(4, torch.float64)
+    state = net.encode(x, y)
+    xq = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    net.predict(state, xq).mean.sum().backward()
+    assert torch.isfinite(xq.grad).all() and xq.grad.abs().sum() > 0
+    xf = torch.rand(2, 1, 3, dtype=torch.float64, requires_grad=True)
+    fant = net.update(state, xf, torch.zeros(2, 1, 1, dtype=torch.float64))
+    net.predict(fant, torch.rand(2, 3, 3, dtype=torch.float64)).mean.sum().backward()
+    assert torch.isfinite(xf.grad).all() and xf.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_adding_the_memory_to_a_trained_network_keeps_its_predictions(memory):
+    source = reg_net(torch.float32)
+    target = memory_net(memory, torch.float32, seed=5)
+    target.load_state_dict(widen_inputs(source.state_dict(), target.state_dict(), source.cfg, 3))
+    x, y, xq = cube_data(20, torch.float32)
+    with torch.no_grad():
+        a = outputs(source, source.encode(x, y), xq)
+        b = outputs(target, target.encode(x, y), xq)
+    assert max_diff(a, b) < 1e-5
+    assert target.embed_query[0].weight[:, -3:].abs().max() == 0
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_warm_start_may_add_the_memory_but_not_drop_it(memory, tmp_path):
+    from cmanp_bo.checkpoint import save_checkpoint
+    from cmanp_bo.train import TrainConfig, _warm_start
+
+    save_checkpoint(reg_net(torch.float32), tmp_path / "plain.pt", {"note": "test"})
+    save_checkpoint(memory_net(memory, torch.float32), tmp_path / "with.pt", {"note": "test"})
+    grown = memory_net(memory, torch.float32, seed=9)
+    _warm_start(grown, TrainConfig(init_from=str(tmp_path / "plain.pt")))
+    assert grown.embed_query[0].weight[:, -3:].abs().max() == 0
+    with pytest.raises(ValueError, match="hypothesis memories may be added"):
+        _warm_start(reg_net(torch.float32), TrainConfig(init_from=str(tmp_path / "with.pt")))
