@@ -585,3 +585,34 @@ def test_branin_loop_improves():
     assert model.num_points == 36
     assert torch.isfinite(Y).all()
     assert Y.max().item() > initial_best
+
+
+def test_network_with_every_memory_conditions_exactly_and_optimises_qlognei(monkeypatch):
+    """A network with the regression, polynomial and hypothesis memories behind CMANPModel:
+    an update never re-encodes and equals a fresh model, and qLogNEI (with the baseline cache)
+    gives finite values and gradients."""
+    memories = {"regression_features": 6, "polynomial_memory": True, "hypothesis_count": 2}
+    net = small_net(dim_x=3, hypothesis_features=5, **memories)
+    X0, Y0 = data(12, 3)
+    Xn, Yn = data(3, 3, seed=5)
+    model = CMANPModel(X0, Y0, checkpoint=net)
+    assert model.context_state.hypothesis is not None
+
+    def no_encode(*args, **kwargs):
+        raise AssertionError("condition_on_observations re-encoded the old context")
+
+    monkeypatch.setattr(model.network, "encode", no_encode)
+    new = model.condition_on_observations(Xn, Yn)
+    monkeypatch.undo()
+    fresh = CMANPModel(
+        torch.cat([X0, Xn]), torch.cat([Y0, Yn]), checkpoint=net, outcome_frame=model.outcome_frame
+    )
+    Xt = rand(2, 3, 3)
+    assert_same_posterior(new.posterior(Xt), fresh.posterior(Xt))
+    sampler = SobolQMCNormalSampler(torch.Size([16]), seed=0)
+    acqf = qLogNoisyExpectedImprovement(model, X0, sampler)
+    Xq = rand(4, 2, 3, seed=9).requires_grad_(True)
+    value = acqf(Xq)
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(Xq.grad).all()
+    assert Xq.grad.abs().sum() > 0
