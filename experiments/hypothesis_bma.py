@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(time.perf_counter() - t_start, 1),
         "cells": cells,
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    text = json.dumps(result, indent=2) + "\n"
+    args.out.write_text(text)
+    result = json.loads(text)  # what the file holds (tuples as lists, keys as strings)
     print("\n| d | n | network | BMA exact | BMA RFF | fitted GP | ceiling |")
     print("|---|---|---|---|---|---|---|")
     for c in cells:
