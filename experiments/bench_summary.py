@@ -91,7 +91,7 @@ ALTERNATIVES = {
     # behind gp, against bo-d3-6-reg on it (gp and sobol seeds 0-9 copied in)
     "standard_bo_d3_6_hyp_pilot_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
     # stop 32: recipe stage 18 (bo-d36-hyp, shipped opt-in as bo-d3-6-hyp; run from its run
-    # folder's model.pt), the same problems and seeds
+    # folder's model.pt), seeds 0-9 of the 7 problems with d = 3..6 (gp and sobol copied in)
     "standard_bo_d3_6_hyp_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
     # stop 23: the default networks on the Yeo-Johnson warp (``warp="power"``), all 10
     # problems, against the same networks on the copula warp (the suite's setting)
