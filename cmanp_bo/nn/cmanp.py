@@ -130,15 +130,10 @@ class CMANPConfig:
             raise ValueError(f"CMANPConfig.fourier_scale must be > 0, got {self.fourier_scale!r}")
         if not self.min_std > 0:
             raise ValueError(f"CMANPConfig.min_std must be > 0, got {self.min_std!r}")
-        if (
-            not isinstance(self.regression_features, int)
-            or isinstance(self.regression_features, bool)
-            or self.regression_features < 0
-        ):
-            raise ValueError(
-                "CMANPConfig.regression_features must be an int >= 0, got "
-                f"{self.regression_features!r}"
-            )
+        for name in ("regression_features", "hypothesis_count"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"CMANPConfig.{name} must be an int >= 0, got {value!r}")
         self.regression_lengthscales = tuple(float(v) for v in self.regression_lengthscales)
         if not self.regression_lengthscales or not all(
             v > 0 and math.isfinite(v) for v in self.regression_lengthscales
@@ -146,14 +141,6 @@ class CMANPConfig:
             raise ValueError(
                 "CMANPConfig.regression_lengthscales must be a non-empty list of positive "
                 f"numbers, got {self.regression_lengthscales!r}"
-            )
-        if (
-            not isinstance(self.hypothesis_count, int)
-            or isinstance(self.hypothesis_count, bool)
-            or self.hypothesis_count < 0
-        ):
-            raise ValueError(
-                f"CMANPConfig.hypothesis_count must be an int >= 0, got {self.hypothesis_count!r}"
             )
         if not isinstance(self.polynomial_memory, bool):
             raise ValueError(

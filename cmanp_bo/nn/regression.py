@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cmanp_bo.priors.bo import lengthscale_hyperprior
+
 # Floor of every bank's noise variance (frame units): keeps A well conditioned.
 MIN_NOISE = 1e-4
 # Added to variances before their log is taken.
@@ -389,8 +391,6 @@ class HypothesisMemory(_StreamedStatistics):
         super().__init__()
         if hypotheses < 1 or num_features < 1:
             raise ValueError("need hypotheses >= 1 and num_features >= 1")
-        from cmanp_bo.priors.bo import lengthscale_hyperprior  # torch only; no cycle at import
-
         gen = torch.Generator().manual_seed(seed)
         loc, scale = lengthscale_hyperprior(dim_x)
         ls = (loc + scale * torch.randn(hypotheses, dim_x, generator=gen)).exp()
@@ -424,8 +424,10 @@ class HypothesisMemory(_StreamedStatistics):
         return torch.cat([phi, torch.ones_like(phi[..., :1])], -1)
 
     def _posterior(self, stats: RegressionStats, num_points: int) -> tuple[Tensor, ...]:
-        """Per ratio and bank the Cholesky factor of ``G + r I`` and ``A^{-1} M``, and the log
-        weights of every (ratio, scale, bank) setting (float64)."""
+        """Per ratio and bank the Cholesky factor of ``G + r I`` and ``A^{-1} M``, and two sums
+        of the settings' evidence weights over the scales: the weight of each (ratio, bank),
+        which the mean needs, and its expected noise variance ``sum_s w r s``, which scales the
+        function variance (float64, ``batch x R x B``)."""
         m, n = self.num_features, num_points
         r, s = self.ratios, self.scales
         gram = 0.5 * (stats.gram + stats.gram.transpose(-1, -2)).unsqueeze(-4)  # b x 1 x B x m x m
@@ -444,8 +446,9 @@ class HypothesisMemory(_StreamedStatistics):
             + n * math.log(2 * math.pi)
         )  # b x R x S x B
         shape = log_ev.shape
-        log_w = torch.log_softmax(log_ev.flatten(-3), -1).reshape(shape)
-        return chol, alpha, log_w
+        w = torch.softmax(log_ev.flatten(-3), -1).reshape(shape)  # b x R x S x B
+        noise_w = (w * lam).sum(-2)  # b x R x B
+        return chol, alpha, w.sum(-2), noise_w
 
     def readout(
         self, stats: RegressionStats, num_points: int, x: Tensor, cache: dict | None = None
@@ -453,20 +456,16 @@ class HypothesisMemory(_StreamedStatistics):
         """Per-target ``batch_shape x n x 3``: the model-averaged mean, log std of the function
         and log std of the noise, in ``x``'s dtype (a target's features depend on its own input
         and the context only)."""
-        chol, alpha, log_w = _cached_posterior(self, "hypothesis", stats, num_points, cache)
+        chol, alpha, w_rb, noise_w = _cached_posterior(self, "hypothesis", stats, num_points, cache)
         phi = self.features(x).unsqueeze(-4)  # b x 1 x B x n x m
         mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)  # b x R x B x n
         half = torch.linalg.solve_triangular(chol, phi.transpose(-1, -2), upper=False)
         quad = half.pow(2).sum(-2)  # b x R x B x n
-        w = log_w.exp()  # b x R x S x B
-        r, s = self.ratios, self.scales
-        w_rb = w.sum(-2)  # b x R x B: the mean does not depend on s
-        ws_rb = (w * s[:, None]).sum(-2)  # b x R x B: E[s] share
-        avg_mean = (w_rb.unsqueeze(-1) * mean).sum((-3, -2))
+        avg_mean = (w_rb.unsqueeze(-1) * mean).sum((-3, -2))  # the mean does not depend on s
         second = (w_rb.unsqueeze(-1) * mean.pow(2)).sum((-3, -2))
-        var_f = ((ws_rb * r[:, None]).unsqueeze(-1) * quad).sum((-3, -2))
+        var_f = (noise_w.unsqueeze(-1) * quad).sum((-3, -2))
         avg_var = (var_f + second - avg_mean.pow(2)).clamp_min(0)
-        noise = (ws_rb * r[:, None]).sum((-2, -1))[..., None].expand_as(avg_mean)
+        noise = noise_w.sum((-2, -1))[..., None].expand_as(avg_mean)
         parts = [avg_mean, 0.5 * (avg_var + LOG_FLOOR).log(), 0.5 * noise.log()]
         return torch.stack(parts, -1).to(x.dtype)
 
