@@ -7,12 +7,27 @@ import torch
 
 from cmanp_bo.nn import CMANP, CMANPConfig, ContextState
 
+# the plain network, and one with every memory (whose statistics are part of the state too)
+MEMORIES = {
+    "plain": {},
+    "memories": dict(
+        regression_features=6, polynomial_memory=True, hypothesis_count=2, hypothesis_features=4
+    ),
+}
 
-@pytest.fixture
-def net():
+
+@pytest.fixture(params=list(MEMORIES))
+def net(request):
     torch.manual_seed(0)
     cfg = CMANPConfig(
-        d_model=16, d_ff=32, num_heads=2, num_layers=2, num_latents=8, num_block_latents=8, dim_x=2
+        d_model=16,
+        d_ff=32,
+        num_heads=2,
+        num_layers=2,
+        num_latents=8,
+        num_block_latents=8,
+        dim_x=2,
+        **MEMORIES[request.param],
     )
     return CMANP(cfg).double().eval()
 
