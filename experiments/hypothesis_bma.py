@@ -144,8 +144,11 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
     return {"diff": mean, "se": se, "tasks": len(tasks)}
 
 
-def score_cell(pool, net, dim: int, size: int, tasks: int, memory: HypothesisMemory) -> dict:
-    """Per model, task -> marginal LL on the first ``tasks`` tasks of the cell."""
+def score_cell(
+    pool, net, dim: int, size: int, tasks: int, memory: HypothesisMemory
+) -> tuple[dict, dict, dict]:
+    """Per model, task -> marginal LL on the first ``tasks`` tasks of the cell; seconds per task
+    per model; quantiles of the tasks' signal variance in frame units."""
     rows, _ = evaluate_cell(net, dim, size, tasks, tasks_gp=0, pool=pool)
     per: dict[str, dict[int, float]] = {"network": {}, "ceiling": {}, "bma_exact": {}}
     per["bma_rff"] = {}
@@ -154,8 +157,10 @@ def score_cell(pool, net, dim: int, size: int, tasks: int, memory: HypothesisMem
         if key:
             per[key][int(r["task"])] = float(r["ll"])
     seconds = {"bma_exact": 0.0, "bma_rff": 0.0}
+    signal_var = []
     for task, batch in enumerate(pool[:tasks]):
         c = context_prefix(batch, size)
+        signal_var.append(c.signal_std.item() ** 2)
         xc, yc, xt, yt = c.xc[0, :, :dim], c.yc[0, :, 0], c.xt[0, :, :dim], c.yt[0, :, 0]
         for name, fn, arg in (
             ("bma_exact", bma_exact, memory.lengthscales),
@@ -165,7 +170,11 @@ def score_cell(pool, net, dim: int, size: int, tasks: int, memory: HypothesisMem
             mean, var = fn(xc, yc, xt, arg)
             seconds[name] += time.perf_counter() - t0
             per[name][task] = gaussian_ll(mean, var, yt)
-    return per, {k: v / tasks for k, v in seconds.items()}
+    quantiles = torch.tensor(signal_var, dtype=torch.float64).quantile(
+        torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    )
+    signal = dict(zip(("q10", "median", "q90"), quantiles.tolist()))
+    return per, {k: v / tasks for k, v in seconds.items()}, signal
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -188,9 +197,12 @@ def main(argv: list[str] | None = None) -> dict:
         pool = sample_pool(dim, args.tasks, seed=EVAL_SEED)
         memory = HypothesisMemory(dim, args.hypotheses, args.features)
         for size in args.sizes:
-            per, seconds = score_cell(pool, nets[dim], dim, size, args.tasks, memory)
+            per, seconds, signal = score_cell(pool, nets[dim], dim, size, args.tasks, memory)
             gp = {t: v for t, v in fitted.get((dim, size), {}).items() if t < args.tasks}
             cell = {"d": dim, "n": size, "tasks": args.tasks, "seconds_per_task": seconds}
+            # the tasks' GP signal variance in the frame of their n context points: what the
+            # grid of signal variances has to cover
+            cell["signal_variance_in_frame"] = signal
             for name, values in per.items():
                 cell[name] = dict(zip(("ll", "se"), _mean_se(list(values.values()))))
             cell["fitted_gp"] = dict(zip(("ll", "se"), _mean_se(list(gp.values())))) | {
