@@ -350,9 +350,8 @@ class PolynomialMemory(_StreamedStatistics):
 # The hypothesis memory's grids. Signal variances s in frame units: the frame scales the context
 # to unit spread, but a long lengthscale makes the in-cube spread a small part of the signal
 # (held-out prior tasks: median 24-214 frame units at d = 2..6, experiments/hypothesis_bma.py).
-# Noise-to-signal variance ratios
-# r: the prior's noise std is 0.1% to 10% of the signal's. The scale s factors out of the
-# posterior, so the grid costs one factorisation per bank and ratio.
+# Noise-to-signal variance ratios r: the prior's noise std is 0.1% to 10% of the signal's. The
+# scale s factors out of the posterior, so the grid costs one factorisation per bank and ratio.
 HYPOTHESIS_SIGNAL_VARIANCES = tuple(4.0**k for k in range(-2, 8))
 HYPOTHESIS_NOISE_RATIOS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 HYPOTHESIS_KERNELS = ("rbf", "matern")
