@@ -262,7 +262,8 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
 
     The source is a checkpoint (``.pt`` with its card) or another run's ``last.pt``; its
     architecture and config must equal the run's, except that ``dim_x`` may grow
-    (``widen_inputs``).
+    (``widen_inputs``), regression, polynomial and hypothesis memories may be added, and a
+    hypothesis memory may be redrawn with other ``hypothesis_count`` / ``hypothesis_features``.
     """
     source = _source_network(cfg.init_from)
     allowed = {"dim_x": net.cfg.dim_x}
@@ -270,14 +271,16 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
         allowed.update({k: getattr(net.cfg, k) for k in _REGRESSION_FIELDS})
     if not source.cfg.polynomial_memory:  # and a polynomial one (no weights of its own)
         allowed["polynomial_memory"] = net.cfg.polynomial_memory
-    if not source.cfg.hypothesis_count:  # and a hypothesis one (fixed buffers only)
+    if not source.cfg.hypothesis_count or net.cfg.hypothesis_count:
+        # and a hypothesis one, or the source's redrawn at another size: its hypotheses and
+        # features are fixed buffers, and its readout's width does not depend on them
         allowed.update({k: getattr(net.cfg, k) for k in _HYPOTHESIS_FIELDS})
     if source.arch != net.arch or replace(source.cfg, **allowed) != net.cfg:
         raise ValueError(
             f"--init-from {cfg.init_from} holds a {source.arch} network with {source.cfg}, but "
             f"this run builds a {net.arch} network with {net.cfg}; pass the same --arch/--model "
-            "(only dim_x may grow, and regression, polynomial or hypothesis memories may be "
-            "added)"
+            "(only dim_x may grow, regression, polynomial or hypothesis memories may be added, "
+            "and a hypothesis memory may change size)"
         )
     if source.cfg.dim_x > net.cfg.dim_x:
         raise ValueError(
@@ -315,7 +318,8 @@ def widen_inputs(
     the target's input dimension; ``None`` when no regression memory is added). A
     regression, polynomial or hypothesis memory new to the target (``cmanp_bo.nn.regression``)
     keeps its fresh initialisation, and its readout enters the query embedder through zero
-    weights, so the widened network predicts exactly what the source did.
+    weights, so the widened network predicts exactly what the source did. A hypothesis memory
+    whose size changed takes ``target``'s draws (the same readout, from another bank).
     """
     d_old = source_cfg.dim_x
     if dim_x is None:  # without a regression memory the embedders' growth is all new inputs
@@ -334,6 +338,8 @@ def widen_inputs(
         value = source[key]
         if value.shape == new.shape:
             out[key] = value.clone()
+        elif key.startswith("hypothesis."):  # a hypothesis bank redrawn at another size
+            out[key] = new.clone()
         elif key == "fourier_matrix":
             out[key] = torch.cat([value, new[d_old:]], dim=0)
         elif key in ("embed_context.0.weight", "embed_query.0.weight"):
@@ -390,7 +396,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="",
         help="checkpoint (.pt with its model card, or a run's last.pt) whose weights start a "
         "new run; same --arch; --model overrides its config, where only dim_x may change "
-        "(new input dimensions start switched off)",
+        "(new input dimensions start switched off), memories may be added and the "
+        "hypothesis memory's size may change (its bank is redrawn)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(

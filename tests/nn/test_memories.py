@@ -92,3 +92,29 @@ def test_warm_start_may_add_the_memory_but_not_drop_it(memory, tmp_path):
     assert grown.embed_query[0].weight[:, -3:].abs().max() == 0
     with pytest.raises(ValueError, match="hypothesis memories may be added"):
         _warm_start(reg_net(torch.float32), TrainConfig(init_from=str(tmp_path / "with.pt")))
+
+
+def test_warm_start_may_redraw_the_hypothesis_bank_at_another_size(tmp_path):
+    """Every learned weight is copied; the bank is the target's own draw of the new size (the
+    one ``HypothesisMemory`` makes), and the readout it feeds keeps its width and weights."""
+    from cmanp_bo.checkpoint import save_checkpoint
+    from cmanp_bo.nn.regression import HypothesisMemory
+    from cmanp_bo.train import TrainConfig, _warm_start
+
+    source = memory_net("hypothesis", torch.float32, seed=3)
+    save_checkpoint(source, tmp_path / "small.pt", {"note": "test"})
+    bigger = reg_net(torch.float32, hypothesis_count=5, hypothesis_features=9, seed=8)
+    _warm_start(bigger, TrainConfig(init_from=str(tmp_path / "small.pt")))
+    fresh = HypothesisMemory(bigger.cfg.dim_x, 5, 9)
+    assert bigger.hypothesis.frequencies.shape == (10, bigger.cfg.dim_x, 9)
+    assert torch.equal(bigger.hypothesis.frequencies, fresh.frequencies.float())
+    for key, value in source.state_dict().items():
+        if not key.startswith("hypothesis."):
+            assert torch.equal(bigger.state_dict()[key], value), key
+    x, y, xq = cube_data(20, torch.float32)
+    with torch.no_grad():
+        pred = bigger.predict(bigger.encode(x, y), xq)
+    assert torch.isfinite(pred.mean).all() and torch.isfinite(pred.stddev).all()
+    # dropping the memory is still refused
+    with pytest.raises(ValueError, match="hypothesis memories may be added"):
+        _warm_start(reg_net(torch.float32), TrainConfig(init_from=str(tmp_path / "small.pt")))
