@@ -93,6 +93,9 @@ ALTERNATIVES = {
     # stop 32: recipe stage 18 (bo-d36-hyp, shipped opt-in as bo-d3-6-hyp; run from its run
     # folder's model.pt), seeds 0-9 of the 7 problems with d = 3..6 (gp and sobol copied in)
     "standard_bo_d3_6_hyp_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    # stop 33: bo-d3-6-hyp with its hypothesis bank redrawn at 64 hypotheses x 64 features
+    # (no training; ``versus_hyp``: against bo-d3-6-hyp's runs above), the same seeds
+    "standard_bo_d3_6_hyp64_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
     # stop 23: the default networks on the Yeo-Johnson warp (``warp="power"``), all 10
     # problems, against the same networks on the copula warp (the suite's setting)
     "standard_power": ("versus_rank", UNWARPED, {"warp": "rank"}),
@@ -529,6 +532,8 @@ def main() -> None:
                 "boundary_share_by_dim": boundary_share(db)[1],
                 "incumbent_distance": incumbent_distance(db),
             }
+            if alt == "standard_bo_d3_6_hyp64_rank" and _db("standard_bo_d3_6_hyp_rank"):
+                summary[alt]["versus_hyp"] = versus_db(db, _db("standard_bo_d3_6_hyp_rank"))
             if alt == "standard_trust":
                 summary[alt]["final_side"] = trust_final_side(db)
             if alt == "standard_ax_optimizer":  # gp's own runs against the suite's gp runs

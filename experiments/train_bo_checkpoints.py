@@ -4,7 +4,7 @@
     python experiments/train_bo_checkpoints.py --out runs/bo-chain --scale 3  # 3x the steps (GPU)
     python experiments/train_bo_checkpoints.py --out runs/tnp-chain --arch tnp --stage 1 --stage 2
 
-The recipe is a chain of sixteen resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
+The recipe is a chain of nineteen resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
 
 1. ``d2-start``: a fresh network (d_model 64, 3 CMABs, 32 latents, 32 Fourier features, joint
    head) on the BO prior restricted to d <= 2, ``dim_x`` 2, 4000 steps. On d <= 2 the network
@@ -84,6 +84,10 @@ The recipe is a chain of sixteen resumable ``cmanp_bo.train`` runs, each in ``OU
     nats per point more than the networks on held-out prior tasks
     (experiments/hypothesis_bma.py). Independent of stages 8 to 16.
 18. ``bo-d36-hyp`` (stop 32): stage 17 continued for 9000 steps (lr 4e-4, seed 5).
+19. ``bo-d36-hyp64`` (stop 33): stage 18 with its hypothesis bank redrawn at 64 hypotheses x 64
+    features per kernel, and no training (0 steps): the bank is fixed buffers and the readout
+    keeps its width, so every learned weight is stage 18's. The larger bank reads the context
+    more accurately; training with it costs 5-10x more per step on a CPU (README, issue 4).
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
@@ -128,6 +132,8 @@ PLAIN = {"short_share": 0.0}  # stages 15, 16: BoTorch's lengthscale hyperprior 
 EXACT = {**PLAIN, "noise_min": 1e-4, "noise_max": 1e-2}  # stage 15: and near noise-free tasks
 # stages 17, 18: the hypothesis memory added (16 ARD hypotheses x 2 kernels, 32 features each)
 HYPOTHESIS = {**REGRESSION, "hypothesis_count": 16, "hypothesis_features": 32}
+# stage 19: stage 18's bank redrawn larger (64 hypotheses x 2 kernels, 64 features each)
+HYPOTHESIS64 = {**HYPOTHESIS, "hypothesis_count": 64, "hypothesis_features": 64}
 
 
 def stages(
@@ -215,6 +221,10 @@ def stages(
     hyp = dict(model=HYPOTHESIS, eval_every=1000, **NEAR)
     d36_hyp_pilot = fine_tune(2, 6, 3000, seed=4, start="bo-d36-reg", **hyp)
     d36_hyp = fine_tune(2, 6, 9000, seed=5, start="bo-d36-hyp-pilot", **{**hyp, "eval_every": 3000})
+    # stage 19: no step, whatever --scale (the redraw is the whole stage)
+    d36_hyp64 = replace(
+        fine_tune(2, 6, 0, seed=5, start="bo-d36-hyp", **{**hyp, "model": HYPOTHESIS64}), steps=0
+    )
     d2_reg = replace(
         d2,
         steps=steps(16000),
@@ -245,6 +255,7 @@ def stages(
         16: ("bo-d36-plain", d36_plain, None),
         17: ("bo-d36-hyp-pilot", d36_hyp_pilot, None),
         18: ("bo-d36-hyp", d36_hyp, None),
+        19: ("bo-d36-hyp64", d36_hyp64, None),
     }
 
 

@@ -49,6 +49,8 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "15"])
     with pytest.raises(SystemExit, match="run stage 17 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "18"])
+    with pytest.raises(SystemExit, match="run stage 18 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "19"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -125,8 +127,21 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         assert card["config"]["hypothesis_features"] == 32
         assert card["config"]["regression_features"] == 64
         assert "'short_share': 0.5" in card["prior"] and "'near_share': 0.5" in card["prior"]
+    hyp64 = read_card(tmp_path / "bo-d36-hyp64" / "model.pt")  # stage 19: the bank redrawn
+    assert hyp64["init_from"].endswith("bo-d36-hyp/model.pt") and hyp64["steps"] == 0
+    assert hyp64["config"]["hypothesis_count"] == 64
+    assert hyp64["config"]["hypothesis_features"] == 64
+    assert hyp64["heldout_curve"] == []
+    weights = {
+        s: torch.load(tmp_path / s / "model.pt", weights_only=True)["state_dict"]
+        for s in ("bo-d36-hyp", "bo-d36-hyp64")
+    }
+    assert weights["bo-d36-hyp64"]["hypothesis.frequencies"].shape == (128, 6, 64)
+    for key, value in weights["bo-d36-hyp"].items():  # every learned weight is stage 18's
+        if not key.startswith("hypothesis."):
+            assert torch.equal(weights["bo-d36-hyp64"][key], value), key
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 18
+    assert capsys.readouterr().out.count(": finished,") == 19
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
