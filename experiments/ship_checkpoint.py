@@ -40,6 +40,10 @@ def prior_settings(options: dict) -> dict:
 
 
 def write_curve(curve: list, name: str, out: Path) -> None:
+    """The held-out curve as CSV and PNG; nothing for a run without training steps (a redrawn
+    hypothesis bank, recipe stage 19), which has no curve of its own."""
+    if not curve:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,6 +88,12 @@ def main() -> None:
         metavar=("MIN_DIM", "MESSAGE"),
         help="a measured weakness repeated as a warning when loaded for d >= MIN_DIM",
     )
+    p.add_argument(
+        "--weights-from",
+        metavar="NAME",
+        help="the shipped checkpoint whose learned weights a run without training steps carries "
+        "unchanged (recipe stage 19 redraws only the hypothesis bank); checked tensor by tensor",
+    )
     args = p.parse_args()
 
     model = args.run / "model.pt"
@@ -112,6 +122,14 @@ def main() -> None:
             "min_dim": int(args.known_weakness[0]),
             "message": args.known_weakness[1],
         }
+    if args.weights_from:
+        source = load_checkpoint(PRETRAINED / f"{args.weights_from}.pt").state_dict()
+        for key, value in net.state_dict().items():
+            if not key.startswith("hypothesis.") and not torch.equal(value, source[key]):
+                p.error(f"{key} differs from {args.weights_from}'s: the weights are not its own")
+        card["weights_from"] = args.weights_from
+    elif card.get("steps", 0) < 1:
+        p.error("the run took no training steps: name the checkpoint it carries, --weights-from")
     for key in ("format", "file", "sha256", "arch", "config", "num_parameters"):
         card.pop(key, None)
     dest = PRETRAINED / f"{args.name}.pt"
