@@ -125,7 +125,9 @@ def main() -> None:
     if args.weights_from:
         source = load_checkpoint(PRETRAINED / f"{args.weights_from}.pt").state_dict()
         for key, value in net.state_dict().items():
-            if not key.startswith("hypothesis.") and not torch.equal(value, source[key]):
+            if key.startswith("hypothesis."):
+                continue
+            if key not in source or not torch.equal(value, source[key]):
                 p.error(f"{key} differs from {args.weights_from}'s: the weights are not its own")
         card["weights_from"] = args.weights_from
     elif card.get("steps", 0) < 1:
