@@ -1,0 +1,57 @@
+"""experiments/ship_checkpoint.py: a checkpoint without training steps ships only as the named
+checkpoint's weights, checked tensor by tensor (recipe stage 19 redraws a hypothesis bank)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmanp_bo.checkpoint import read_card, save_checkpoint
+from cmanp_bo.train import TrainConfig, _warm_start
+from tests.nn.test_regression import reg_net
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ship_checkpoint.py"
+
+
+@pytest.fixture
+def ship(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("ship_checkpoint", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "PRETRAINED", tmp_path / "pretrained")
+    monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "results").mkdir()
+
+    def run(*args: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["ship_checkpoint.py", *args])
+        module.main()
+
+    return run
+
+
+def test_a_redrawn_bank_ships_with_the_weights_it_carries(ship, tmp_path, capsys):
+    trained = reg_net(torch.float32, hypothesis_count=3, hypothesis_features=6, seed=1)
+    save_checkpoint(trained, tmp_path / "pretrained" / "src.pt", {"steps": 10, "note": "t"})
+    other = reg_net(torch.float32, hypothesis_count=3, hypothesis_features=6, seed=2)
+    save_checkpoint(other, tmp_path / "pretrained" / "other.pt", {"steps": 10, "note": "t"})
+    redrawn = reg_net(torch.float32, hypothesis_count=5, hypothesis_features=9, seed=3)
+    _warm_start(redrawn, TrainConfig(init_from=str(tmp_path / "pretrained" / "src.pt")))
+    run = tmp_path / "run"
+    save_checkpoint(redrawn, run / "model.pt", {"steps": 0, "heldout_curve": []})
+    with pytest.raises(SystemExit):  # no steps and no source named
+        ship(str(run), "--name", "dense", "--command", "x")
+    assert "no training steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # another network's weights
+        ship(str(run), "--name", "dense", "--command", "x", "--weights-from", "other")
+    assert "the weights are not its own" in capsys.readouterr().err
+    assert not (tmp_path / "pretrained" / "dense.pt").exists()
+    ship(str(run), "--name", "dense", "--command", "x", "--weights-from", "src")
+    card = read_card(tmp_path / "pretrained" / "dense.pt")
+    assert card["weights_from"] == "src" and card["steps"] == 0
+    assert card["config"]["hypothesis_count"] == 5
+    assert not (tmp_path / "results" / "dense_curve.csv").exists()  # no curve to write
