@@ -541,8 +541,9 @@ def main() -> None:
                 "boundary_share_by_dim": boundary_share(db)[1],
                 "incumbent_distance": incumbent_distance(db),
             }
-            if alt in HYP_DERIVED and _db("standard_bo_d3_6_hyp_rank"):
-                summary[alt]["versus_hyp"] = versus_db(db, _db("standard_bo_d3_6_hyp_rank"))
+            hyp = _db("standard_bo_d3_6_hyp_rank") if alt in HYP_DERIVED else None
+            if hyp is not None:
+                summary[alt]["versus_hyp"] = versus_db(db, hyp)
             if alt == "standard_trust":
                 summary[alt]["final_side"] = trust_final_side(db)
             if alt == "standard_ax_optimizer":  # gp's own runs against the suite's gp runs

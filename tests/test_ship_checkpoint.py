@@ -3,25 +3,20 @@ checkpoint's weights, checked tensor by tensor (recipe stage 19 redraws a hypoth
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from cmanp_bo.checkpoint import read_card, save_checkpoint
 from cmanp_bo.train import TrainConfig, _warm_start
+from tests.helpers import load_experiment
 from tests.nn.test_regression import reg_net
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ship_checkpoint.py"
 
 
 @pytest.fixture
 def ship(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("ship_checkpoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_experiment("ship_checkpoint")
     monkeypatch.setattr(module, "PRETRAINED", tmp_path / "pretrained")
     monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
     (tmp_path / "pretrained").mkdir()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmanp_bo.nn import CMANP, CMANPConfig, ContextState
+from cmanp_bo.nn import CMANPConfig, ContextState
+from tests.helpers import small_net
 
 # the plain network, and one with every memory (whose statistics are part of the state too)
 MEMORIES = {
@@ -18,18 +19,7 @@ MEMORIES = {
 
 @pytest.fixture(params=list(MEMORIES))
 def net(request):
-    torch.manual_seed(0)
-    cfg = CMANPConfig(
-        d_model=16,
-        d_ff=32,
-        num_heads=2,
-        num_layers=2,
-        num_latents=8,
-        num_block_latents=8,
-        dim_x=2,
-        **MEMORIES[request.param],
-    )
-    return CMANP(cfg).double().eval()
+    return small_net(2, joint_head=False, dtype=torch.float64, **MEMORIES[request.param])
 
 
 @pytest.fixture
