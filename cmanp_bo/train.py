@@ -287,13 +287,22 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
             f"--init-from {cfg.init_from} takes dim_x={source.cfg.dim_x} inputs, more than this "
             f"run's {net.cfg.dim_x}"
         )
+    redraw = bool(source.cfg.hypothesis_count) and any(
+        getattr(source.cfg, k) != getattr(net.cfg, k) for k in _HYPOTHESIS_FIELDS
+    )
     net.load_state_dict(
-        widen_inputs(source.state_dict(), net.state_dict(), source.cfg, net.cfg.dim_x)
+        widen_inputs(
+            source.state_dict(),
+            net.state_dict(),
+            source.cfg,
+            net.cfg.dim_x,
+            redraw_hypotheses=redraw,
+        )
     )
 
 
 _REGRESSION_FIELDS = ("regression_features", "regression_lengthscales", "regression_noise")
-_HYPOTHESIS_FIELDS = ("hypothesis_count", "hypothesis_features")
+_HYPOTHESIS_FIELDS = ("hypothesis_count", "hypothesis_features", "hypothesis_short_share")
 
 
 def _source_network(path: str) -> NeuralProcess:
@@ -307,7 +316,11 @@ def _source_network(path: str) -> NeuralProcess:
 
 
 def widen_inputs(
-    source: dict, target: dict, source_cfg: CMANPConfig, dim_x: int | None = None
+    source: dict,
+    target: dict,
+    source_cfg: CMANPConfig,
+    dim_x: int | None = None,
+    redraw_hypotheses: bool = False,
 ) -> dict:
     """``source`` weights in a network with more inputs (``target``'s shapes).
 
@@ -319,7 +332,8 @@ def widen_inputs(
     regression, polynomial or hypothesis memory new to the target (``cmanp_bo.nn.regression``)
     keeps its fresh initialisation, and its readout enters the query embedder through zero
     weights, so the widened network predicts exactly what the source did. A hypothesis memory
-    whose size changed takes ``target``'s draws (the same readout, from another bank).
+    whose size changed, or any with ``redraw_hypotheses`` (its bank's settings changed), takes
+    ``target``'s draws (the same readout, from another bank).
     """
     d_old = source_cfg.dim_x
     if dim_x is None:  # without a regression memory the embedders' growth is all new inputs
@@ -336,10 +350,10 @@ def widen_inputs(
             out[key] = new.clone()
             continue
         value = source[key]
-        if value.shape == new.shape:
+        if key.startswith("hypothesis.") and (redraw_hypotheses or value.shape != new.shape):
+            out[key] = new.clone()  # a hypothesis bank redrawn
+        elif value.shape == new.shape:
             out[key] = value.clone()
-        elif key.startswith("hypothesis."):  # a hypothesis bank redrawn at another size
-            out[key] = new.clone()
         elif key == "fourier_matrix":
             out[key] = torch.cat([value, new[d_old:]], dim=0)
         elif key in ("embed_context.0.weight", "embed_query.0.weight"):

@@ -191,6 +191,42 @@ class CheapGPSurrogate(Surrogate):
         return self._optimize(self.model, X, y)
 
 
+class HypothesisGPSurrogate(Surrogate):
+    """``cmanp_bo.hypothesis_gp.HypothesisAveragedGP``: exact GP regression averaged over
+    fixed lengthscale hypotheses, rebuilt from all points at each step; nothing is fitted.
+    ``warp="rank"``: on the copula transform of the outcomes, as the other surrogates."""
+
+    name = "hyp-gp"
+
+    def __init__(
+        self,
+        dim: int,
+        seed: int,
+        acquisition=None,
+        hypotheses: int = 256,
+        short_share: float = 0.5,
+        warp: str | None = None,
+    ) -> None:
+        super().__init__(dim, seed, acquisition)
+        check_warp(warp)
+        if isinstance(hypotheses, bool) or not isinstance(hypotheses, int) or hypotheses < 1:
+            raise ValueError(f"hypotheses must be a positive integer, got {hypotheses!r}")
+        if not 0.0 <= short_share <= 1.0:
+            raise ValueError(f"short_share must be in [0, 1], got {short_share!r}")
+        self.hypotheses, self.short_share, self.warp = hypotheses, float(short_share), warp
+
+    def ask(self, X: Tensor, y: Tensor) -> Tensor:
+        from cmanp_bo.hypothesis_gp import HypothesisAveragedGP
+
+        model = HypothesisAveragedGP(
+            X,
+            warp_outcomes(-y, self.warp)[:, None],
+            hypotheses=self.hypotheses,
+            short_share=self.short_share,
+        )
+        return self._optimize(model, X, y)
+
+
 class NeuralProcessSurrogate(Surrogate):
     """A pretrained neural process (``CMANPModel``): conditions in context, nothing is fitted.
 
@@ -346,6 +382,7 @@ SURROGATES: dict[str, type[Surrogate]] = {
         SobolSurrogate,
         GPSurrogate,
         CheapGPSurrogate,
+        HypothesisGPSurrogate,
         NeuralProcessSurrogate,
         TNPSurrogate,
         LBANPSurrogate,

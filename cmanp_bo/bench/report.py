@@ -143,7 +143,7 @@ def cost_table(data: dict[str, dict[str, list[dict]]]) -> str:
     return "\n".join(lines)
 
 
-_ORDER = ("sobol", "gp", "gp-cheap", "cmanp", "tnp", "lbanp")
+_ORDER = ("sobol", "gp", "gp-cheap", "hyp-gp", "cmanp", "tnp", "lbanp")
 
 
 def _order(name: str) -> tuple[int, str]:

@@ -71,6 +71,8 @@ class CMANPConfig:
             ``cmanp_bo.nn.regression.HypothesisMemory``). Its statistics join the context
             state (``2 K ((m + 1)^2 + m + 1) + 1`` numbers per task).
         hypothesis_features: random features m per hypothesis and kernel.
+        hypothesis_short_share: share of the hypotheses 16 times shorter than the
+            hyperprior's draws (0: none), to match a prior with ``short_share``.
     """
 
     dim_x: int = 1
@@ -93,6 +95,7 @@ class CMANPConfig:
     polynomial_memory: bool = False
     hypothesis_count: int = 0
     hypothesis_features: int = 64
+    hypothesis_short_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -141,6 +144,11 @@ class CMANPConfig:
             raise ValueError(
                 "CMANPConfig.regression_lengthscales must be a non-empty list of positive "
                 f"numbers, got {self.regression_lengthscales!r}"
+            )
+        if not 0.0 <= self.hypothesis_short_share <= 1.0:
+            raise ValueError(
+                "CMANPConfig.hypothesis_short_share must be in [0, 1], got "
+                f"{self.hypothesis_short_share!r}"
             )
         if not isinstance(self.polynomial_memory, bool):
             raise ValueError(
@@ -268,7 +276,12 @@ class CMANP(NeuralProcess):
         )
         self.polynomial = PolynomialMemory(cfg.dim_x) if cfg.polynomial_memory else None
         self.hypothesis = (
-            HypothesisMemory(cfg.dim_x, cfg.hypothesis_count, cfg.hypothesis_features)
+            HypothesisMemory(
+                cfg.dim_x,
+                cfg.hypothesis_count,
+                cfg.hypothesis_features,
+                short_share=cfg.hypothesis_short_share,
+            )
             if cfg.hypothesis_count
             else None
         )

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cmanp_bo.priors.bo import lengthscale_hyperprior
+from cmanp_bo.priors.bo import lengthscale_hypotheses
 
 # Floor of every bank's noise variance (frame units): keeps A well conditioned.
 MIN_NOISE = 1e-4
@@ -385,15 +385,25 @@ class HypothesisMemory(_StreamedStatistics):
         hypotheses: lengthscale vectors K (banks: ``K x len(HYPOTHESIS_KERNELS)``).
         num_features: random features m per bank.
         seed: seed of the hypotheses and features.
+        short_share: share of the hypotheses divided by ``short_factor`` (evenly spread;
+            ``cmanp_bo.priors.bo.lengthscale_hypotheses``), to match a training prior that
+            shortens that share of its tasks (``BOPriorSampler(short_share=...)``).
     """
 
-    def __init__(self, dim_x: int, hypotheses: int, num_features: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dim_x: int,
+        hypotheses: int,
+        num_features: int,
+        seed: int = 0,
+        short_share: float = 0.0,
+        short_factor: float = 16.0,
+    ) -> None:
         super().__init__()
         if hypotheses < 1 or num_features < 1:
             raise ValueError("need hypotheses >= 1 and num_features >= 1")
         gen = torch.Generator().manual_seed(seed)
-        loc, scale = lengthscale_hyperprior(dim_x)
-        ls = (loc + scale * torch.randn(hypotheses, dim_x, generator=gen)).exp()
+        ls = lengthscale_hypotheses(dim_x, hypotheses, short_share, short_factor, gen)
         freqs, phases = [], []
         for kind in HYPOTHESIS_KERNELS:
             z = torch.randn(hypotheses, dim_x, num_features, generator=gen)

@@ -73,11 +73,41 @@ def lengthscale_hyperprior(dim: int) -> tuple[float, float]:
     return math.sqrt(2) + 0.5 * math.log(dim), math.sqrt(3)
 
 
+def lengthscale_hypotheses(
+    dim: int,
+    count: int,
+    short_share: float = 0.0,
+    short_factor: float = 16.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``count x dim`` lengthscale vectors drawn from ``lengthscale_hyperprior(dim)``, a share
+    ``short_share`` of the rows (evenly spread, deterministic) divided by ``short_factor``, as
+    ``BOPriorSampler(short_share=...)`` shortens a share of its tasks (float32; one normal draw
+    per entry from ``generator``)."""
+    if dim < 1 or count < 1:
+        raise ValueError(f"need dim >= 1 and count >= 1, got {dim} and {count}")
+    if not (0.0 <= short_share <= 1.0 and short_factor > 0):
+        raise ValueError(
+            f"need 0 <= short_share <= 1 and short_factor > 0, got {short_share} and {short_factor}"
+        )
+    loc, scale = lengthscale_hyperprior(dim)
+    ls = (loc + scale * torch.randn(count, dim, generator=generator)).exp()
+    i = torch.arange(count, dtype=torch.float64)
+    short = torch.floor((i + 1) * short_share) > torch.floor(i * short_share)
+    return torch.where(short[:, None], ls / short_factor, ls)
+
+
 def bo_kernel(kind: str, x1: Tensor, x2: Tensor, lengthscales: Tensor) -> Tensor:
     """Unit-variance kernel ``b x n1 x n2`` for ``b x n x d`` inputs, ``b x d`` lengthscales."""
     # scaled inputs + cdist: no b x n1 x n2 x d intermediate (inf lengthscales give 0 columns)
     scale = lengthscales[:, None, :]
-    dist = torch.cdist(x1 / scale, x2 / scale, compute_mode="donot_use_mm_for_euclid_dist")
+    return scaled_kernel(kind, x1 / scale, x2 / scale)
+
+
+def scaled_kernel(kind: str, z1: Tensor, z2: Tensor) -> Tensor:
+    """Unit-variance kernel ``... x n1 x n2`` of inputs already divided by their lengthscales
+    (``... x n x d``; batch shapes broadcast)."""
+    dist = torch.cdist(z1, z2, compute_mode="donot_use_mm_for_euclid_dist")
     r2 = dist.pow(2)
     if kind == "rbf":
         return torch.exp(-0.5 * r2)

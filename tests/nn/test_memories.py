@@ -118,3 +118,60 @@ def test_warm_start_may_redraw_the_hypothesis_bank_at_another_size(tmp_path):
     # dropping the memory is still refused
     with pytest.raises(ValueError, match="hypothesis memories may be added"):
         _warm_start(reg_net(torch.float32), TrainConfig(init_from=str(tmp_path / "small.pt")))
+
+
+def test_warm_start_redraws_a_bank_of_the_same_size_with_short_hypotheses(tmp_path):
+    """A bank whose short share changed is the target's draw even though its buffers keep their
+    shapes; every learned weight is still the source's."""
+    from cmanp_bo.checkpoint import save_checkpoint
+    from cmanp_bo.nn.regression import HypothesisMemory
+    from cmanp_bo.train import TrainConfig, _warm_start
+
+    source = reg_net(torch.float32, hypothesis_count=4, hypothesis_features=6, seed=3)
+    save_checkpoint(source, tmp_path / "long.pt", {"note": "test"})
+    short = reg_net(
+        torch.float32,
+        hypothesis_count=4,
+        hypothesis_features=6,
+        hypothesis_short_share=0.5,
+        seed=8,
+    )
+    _warm_start(short, TrainConfig(init_from=str(tmp_path / "long.pt")))
+    fresh = HypothesisMemory(short.cfg.dim_x, 4, 6, short_share=0.5)
+    assert torch.equal(short.hypothesis.frequencies, fresh.frequencies.float())
+    assert not torch.equal(short.hypothesis.frequencies, source.hypothesis.frequencies)
+    for key, value in source.state_dict().items():
+        if not key.startswith("hypothesis."):
+            assert torch.equal(short.state_dict()[key], value), key
+    # the same settings copy the source's bank as they did
+    same = reg_net(torch.float32, hypothesis_count=4, hypothesis_features=6, seed=9)
+    _warm_start(same, TrainConfig(init_from=str(tmp_path / "long.pt")))
+    assert torch.equal(same.hypothesis.frequencies, source.hypothesis.frequencies)
+
+
+def test_short_hypotheses_are_the_hyperprior_draws_divided_by_the_factor():
+    """``lengthscale_hypotheses``: the share of short rows is exact and evenly spread, the other
+    rows are the share-0 draws unchanged, and ``HypothesisMemory`` builds its frequencies from
+    them (a short hypothesis has 16 times the frequencies of its long twin)."""
+    from cmanp_bo.nn.regression import HypothesisMemory
+    from cmanp_bo.priors.bo import lengthscale_hyperprior, lengthscale_hypotheses
+
+    def draw(share):
+        return lengthscale_hypotheses(3, 10, share, 16.0, torch.Generator().manual_seed(5))
+
+    base, half = draw(0.0), draw(0.5)
+    loc, scale = lengthscale_hyperprior(3)
+    expected = (loc + scale * torch.randn(10, 3, generator=torch.Generator().manual_seed(5))).exp()
+    assert torch.equal(base, expected)  # share 0: the draw HypothesisMemory always made
+    short = ~torch.isclose(half, base).all(-1)
+    assert short.tolist() == [i % 2 == 1 for i in range(10)]
+    torch.testing.assert_close(half[short], base[short] / 16.0)
+    assert int((~torch.isclose(draw(0.3), base).all(-1)).sum()) == 3
+    with pytest.raises(ValueError, match="short_share"):
+        draw(1.5)
+    long_bank = HypothesisMemory(3, 10, 4, seed=2)
+    short_bank = HypothesisMemory(3, 10, 4, seed=2, short_share=0.5)
+    ratio = short_bank.frequencies / long_bank.frequencies  # banks: rbf rows, then matern rows
+    rows = torch.cat([short, short])
+    torch.testing.assert_close(ratio[rows], torch.full_like(ratio[rows], 16.0))
+    torch.testing.assert_close(ratio[~rows], torch.ones_like(ratio[~rows]))
