@@ -8,8 +8,8 @@ evidence-weighted mixture, moment-matched jointly over the q + baseline points, 
 whether the memory alone refines where the decoder does not.
 
 ``exact``: the same hypotheses in ``cmanp_bo.hypothesis_gp.HypothesisAveragedGP`` (kernel form, no
-random features); ``short_every=k``: every k-th hypothesis 16 times shorter (exact mode only); ``features``: random
-features per hypothesis and kernel.
+random features); ``short_every=k``: every k-th hypothesis 16 times shorter (exact mode only);
+``features``: random features per hypothesis and kernel.
 
 Runs the standard suite's replications (same problems, budgets, paired Sobol designs, qLogNEI with
 the suite's settings) with this model, and writes one JSON per run to ``--out``.

@@ -88,6 +88,11 @@ The recipe is a chain of nineteen resumable ``cmanp_bo.train`` runs, each in ``O
     features per kernel, and no training (0 steps): the bank is fixed buffers and the readout
     keeps its width, so every learned weight is stage 18's. The larger bank reads the context
     more accurately; training with it costs 5-10x more per step on a CPU (README, issue 4).
+20. ``bo-d36-hyp-short`` (stop 34): stage 18 with its bank redrawn so that half of its
+    hypotheses are 16 times shorter (``hypothesis_short_share=0.5``, the share of the prior's
+    tasks that ``short_share`` shortens; stages 17-19 drew every hypothesis from the
+    hyperprior alone), 3000 steps (lr 4e-4, seed 15) so that the decoder learns to use them.
+21. ``bo-d36-hyp-short64`` (stop 34): stage 20's bank redrawn at 64 x 64, as stage 19, 0 steps.
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
@@ -134,6 +139,9 @@ EXACT = {**PLAIN, "noise_min": 1e-4, "noise_max": 1e-2}  # stage 15: and near no
 HYPOTHESIS = {**REGRESSION, "hypothesis_count": 16, "hypothesis_features": 32}
 # stage 19: stage 18's bank redrawn larger (64 hypotheses x 2 kernels, 64 features each)
 HYPOTHESIS64 = {**HYPOTHESIS, "hypothesis_count": 64, "hypothesis_features": 64}
+# stages 20, 21: half the hypotheses 16 times shorter, as half the prior's tasks are
+HYPOTHESIS_SHORT = {**HYPOTHESIS, "hypothesis_short_share": 0.5}
+HYPOTHESIS_SHORT64 = {**HYPOTHESIS64, "hypothesis_short_share": 0.5}
 
 
 def stages(
@@ -225,6 +233,14 @@ def stages(
     d36_hyp64 = replace(
         fine_tune(2, 6, 0, seed=5, start="bo-d36-hyp", **{**hyp, "model": HYPOTHESIS64}), steps=0
     )
+    short = {**hyp, "model": HYPOTHESIS_SHORT}
+    d36_hyp_short = fine_tune(2, 6, 3000, seed=15, start="bo-d36-hyp", **short)
+    d36_hyp_short64 = replace(
+        fine_tune(
+            2, 6, 0, seed=15, start="bo-d36-hyp-short", **{**hyp, "model": HYPOTHESIS_SHORT64}
+        ),
+        steps=0,
+    )
     d2_reg = replace(
         d2,
         steps=steps(16000),
@@ -256,6 +272,8 @@ def stages(
         17: ("bo-d36-hyp-pilot", d36_hyp_pilot, None),
         18: ("bo-d36-hyp", d36_hyp, None),
         19: ("bo-d36-hyp64", d36_hyp64, None),
+        20: ("bo-d36-hyp-short", d36_hyp_short, None),
+        21: ("bo-d36-hyp-short64", d36_hyp_short64, None),
     }
 
 

@@ -51,6 +51,10 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "18"])
     with pytest.raises(SystemExit, match="run stage 18 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "19"])
+    with pytest.raises(SystemExit, match="run stage 18 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "20"])
+    with pytest.raises(SystemExit, match="run stage 20 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "21"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -140,8 +144,17 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     for key, value in weights["bo-d36-hyp"].items():  # every learned weight is stage 18's
         if not key.startswith("hypothesis."):
             assert torch.equal(weights["bo-d36-hyp64"][key], value), key
+    short, short64 = (
+        read_card(tmp_path / s / "model.pt") for s in ("bo-d36-hyp-short", "bo-d36-hyp-short64")
+    )
+    assert short["init_from"].endswith("bo-d36-hyp/model.pt") and short["steps"] == 3
+    assert short64["init_from"].endswith("bo-d36-hyp-short/model.pt") and short64["steps"] == 0
+    assert short["seed"] == 15 and "'short_share': 0.5" in short["prior"]
+    for card, size in ((short, (16, 32)), (short64, (64, 64))):  # stages 20, 21
+        assert card["config"]["hypothesis_short_share"] == 0.5
+        assert (card["config"]["hypothesis_count"], card["config"]["hypothesis_features"]) == size
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 19
+    assert capsys.readouterr().out.count(": finished,") == 21
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
