@@ -11,7 +11,10 @@ difference is cost alone. Medians over ``--repeats`` (different optimiser seeds)
 seconds, and how many times the optimiser called the acquisition (the step's cost is about
 that count times the cost of one call, and the count varies with the seed).
 
-    python experiments/acquisition_cost.py [--sizes 100 200 400] [--repeats 3] [--gp]
+    python experiments/acquisition_cost.py [--sizes 100 200 400] [--repeats 3] [--gp] [--hyp-gp]
+
+``--hyp-gp``: also ``HypothesisAveragedGP`` (``hyp-gp``: rebuilt from all points at each step, its
+cost grows as n^3 per hypothesis).
 
 Writes ``experiments/results/acquisition_cost.json`` (or ``--out``) and prints a table.
 """
@@ -123,13 +126,19 @@ def add_points_arguments(p: argparse.ArgumentParser, checkpoint_help: str) -> No
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from surrogates.registry import AcquisitionOptions, GPSurrogate, NeuralProcessSurrogate
+    from surrogates.registry import (
+        AcquisitionOptions,
+        GPSurrogate,
+        HypothesisGPSurrogate,
+        NeuralProcessSurrogate,
+    )
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_points_arguments(p, "CMANP network to time")
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--gp", action="store_true", help="time the GP (refit + qLogNEI) too")
+    p.add_argument("--hyp-gp", action="store_true", help="time HypothesisAveragedGP too")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "experiments/results/acquisition_cost.json")
     args = p.parse_args(argv)
@@ -149,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.gp:
         methods["gp (refit)"] = lambda r: GPSurrogate(dim, r, acq)
+    if args.hyp_gp:
+        methods["hyp-gp (rebuilt)"] = lambda r: HypothesisGPSurrogate(dim, r, acq)
     rows = []
     for n in args.sizes:
         for name, make in methods.items():

@@ -572,6 +572,14 @@ def main() -> None:
                 "gp_rank_versus_gp": versus_db(gp_rank, standard, model="gp"),
                 "cmanp_rank_versus_gp_rank": versus(gp_rank, others=("gp",)),
             }
+        # stop 34: HypothesisAveragedGP (hyp-gp, exact, nothing fitted), the suite's 20 seeds,
+        # with the gp, sobol and cmanp runs of the standard database copied in
+        hyp_gp = _db("standard_hyp_gp")
+        if hyp_gp is not None:
+            summary["standard_hyp_gp"] = {
+                "hyp_gp_versus": versus(hyp_gp, model="hyp-gp", others=("gp", "sobol", "cmanp")),
+                "incumbent_distance": incumbent_distance(hyp_gp),
+            }
         gp_trust = _db("standard_gp_trust")  # gp in the trust region, cmanp's trust runs copied in
         if gp_trust is not None:
             summary["standard_gp_trust"] = {

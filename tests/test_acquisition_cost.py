@@ -22,10 +22,10 @@ def test_times_both_modes_on_the_recorded_points(tmp_path):
     assert torch.equal(got, X)
     argv = ["--db", str(db), "--problem", "branin", "--network", "bo-d1-2-reg"]
     argv += ["--checkpoint", "bo-d1-2-reg", "--sizes", "12", "--repeats", "1", "--out", str(out)]
-    result = ac.main(argv)
+    result = ac.main([*argv, "--hyp-gp"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     methods = {r["method"] for r in result["rows"]}
-    assert methods == {"cmanp (cache_baseline)", "cmanp (no cache)"}
+    assert methods == {"cmanp (cache_baseline)", "cmanp (no cache)", "hyp-gp (rebuilt)"}
     for row in result["rows"]:
         (rep,) = row["repeats"]
         assert rep["wall_s"] > 0 and 1 <= rep["pruned_baseline"] <= 12
