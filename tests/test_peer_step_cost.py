@@ -40,7 +40,9 @@ def test_times_each_network_in_its_own_process_with_the_steps_own_peak(tmp_path)
         assert rep["acquisition_calls"] >= 2  # the raw samples, then the optimiser
         assert rep["wall_s_per_call"] == pytest.approx(rep["wall_s"] / rep["acquisition_calls"])
         parts = [rep[k] for k in ("update_s", "build_s", "raw_s", "call_s")]
-        assert all(0 < t < rep["wall_s"] for t in parts)  # each part is less than the step
+        # each part was timed (separate timings: comparing them with the step's wall time
+        # would make the test depend on the machine's load)
+        assert all(t > 0 for t in parts)
         fixed = sum(parts[:3]) + psc.FIXED_CALLS * parts[3]
         assert rep["fixed_calls_s"] == pytest.approx(fixed)
         # the peak was reset just before the timed step: at least the RSS then
