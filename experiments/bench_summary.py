@@ -588,6 +588,16 @@ def main() -> None:
                 "hyp_gp_versus": versus(hyp_gp, model="hyp-gp", others=("gp", "sobol", "cmanp")),
                 "incumbent_distance": incumbent_distance(hyp_gp),
             }
+            # and on the copula warp (``warp="rank"``), powell4 and rosenbrock4, the same seeds,
+            # against hyp-gp without it (``versus_unwarped``)
+            hyp_gp_rank = _db("standard_hyp_gp_rank")
+            if hyp_gp_rank is not None:
+                summary["standard_hyp_gp_rank"] = {
+                    "hyp_gp_versus": versus(
+                        hyp_gp_rank, model="hyp-gp", others=("gp", "sobol", "cmanp")
+                    ),
+                    "versus_unwarped": versus_db(hyp_gp_rank, hyp_gp, model="hyp-gp"),
+                }
         gp_trust = _db("standard_gp_trust")  # gp in the trust region, cmanp's trust runs copied in
         if gp_trust is not None:
             summary["standard_gp_trust"] = {
