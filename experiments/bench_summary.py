@@ -588,8 +588,9 @@ def main() -> None:
                 "hyp_gp_versus": versus(hyp_gp, model="hyp-gp", others=("gp", "sobol", "cmanp")),
                 "incumbent_distance": incumbent_distance(hyp_gp),
             }
-            # and on the copula warp (``warp="rank"``), powell4 and rosenbrock4, the same seeds,
-            # against hyp-gp without it (``versus_unwarped``)
+            # and on the copula warp (``warp="rank"``): powell4 and rosenbrock4 (seeds 0-19),
+            # hartmann3, ackley4 and griewank4 (seeds 0-9), against hyp-gp without it
+            # (``versus_unwarped``)
             hyp_gp_rank = _db("standard_hyp_gp_rank")
             if hyp_gp_rank is not None:
                 summary["standard_hyp_gp_rank"] = {
