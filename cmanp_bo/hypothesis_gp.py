@@ -55,6 +55,17 @@ CHUNK = 64
 JITTER = 1e-9
 
 
+def moment_match(weights: Tensor, means: Tensor, covs: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean ``batch_shape x q`` and covariance ``batch_shape x q x q`` of the mixture with
+    ``k`` component ``weights`` (summing to 1), ``means`` ``k x batch_shape x q`` and
+    covariances ``k x batch_shape x q x q``."""
+    w = weights.reshape(-1, *(1,) * (means.dim() - 1))
+    mean = (w * means).sum(0)
+    dev = means - mean
+    cov = (w.unsqueeze(-1) * (covs + dev.unsqueeze(-1) * dev.unsqueeze(-2))).sum(0)
+    return mean, cov
+
+
 @dataclass(frozen=True)
 class _Component:
     """The kept (kernel, ratio) pairs of one kernel, stacked over ``k`` components."""
@@ -217,7 +228,7 @@ class HypothesisAveragedGP(Model):
         X = X.double()
         extra = (1,) * (X.dim() - 2)
         means, covs, weights = [], [], []
-        for c in self._components:
+        for c in self._components:  # the kept components, grouped by kernel
             ls = c.lengthscales.reshape(-1, *extra, 1, X.shape[-1])  # k x 1.. x 1 x d
             z = X.unsqueeze(0) / ls  # k x batch x q x d
             zc = self._train_X / ls  # k x 1.. x n x d
@@ -229,12 +240,7 @@ class HypothesisAveragedGP(Model):
             scale = c.scale.reshape(-1, *extra, 1, 1)
             covs.append(scale * (k_tt - half.transpose(-1, -2) @ half))
             weights.append(c.weight)
-        mean_k, cov_k, w = torch.cat(means), torch.cat(covs), torch.cat(weights)
-        wm = w.reshape(-1, *extra, 1)
-        mean = (wm * mean_k).sum(0)
-        dev = mean_k - mean  # k x batch x q
-        cov = (wm.unsqueeze(-1) * (cov_k + dev.unsqueeze(-1) * dev.unsqueeze(-2))).sum(0)
-        return mean, cov
+        return moment_match(torch.cat(weights), torch.cat(means), torch.cat(covs))
 
     def posterior(
         self,
@@ -267,4 +273,4 @@ class HypothesisAveragedGP(Model):
         return posterior_transform(post) if posterior_transform is not None else post
 
 
-__all__ = ["HypothesisAveragedGP"]
+__all__ = ["HypothesisAveragedGP", "moment_match"]

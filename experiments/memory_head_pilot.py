@@ -15,6 +15,7 @@ Runs the standard suite's replications (same problems, budgets, paired Sobol des
 the suite's settings) with this model, and writes one JSON per run to ``--out``.
 
     python experiments/memory_head_pilot.py --problems hartmann3 ackley4 --seeds 5 --out runs/mh
+    python experiments/memory_head_pilot.py --out runs/mh --summary   # the table
 """
 
 from __future__ import annotations
@@ -27,30 +28,27 @@ from pathlib import Path
 
 import torch
 from botorch.models.model import Model
-from botorch.posteriors.gpytorch import GPyTorchPosterior
-from gpytorch.distributions import MultivariateNormal
 from torch import Tensor
 
-from cmanp_bo.hypothesis_gp import HypothesisAveragedGP
+from cmanp_bo.hypothesis_gp import HypothesisAveragedGP, moment_match
 from cmanp_bo.nn.regression import HypothesisMemory
 from cmanp_bo.warp import warp_outcomes
 
 
-class MemoryBMAModel(Model):
+class MemoryBMAModel(HypothesisAveragedGP):
     """The hypothesis memory's posterior on ``(X, Y)`` (one output, maximised), moment-matched.
 
     Components (noise ratio, bank) whose evidence weight is below ``1e-4`` of the total are
     dropped (at most ``max_components`` kept); the scale grid is summed out exactly as in
-    ``HypothesisMemory.readout``.
+    ``HypothesisMemory.readout``. ``posterior`` is ``HypothesisAveragedGP``'s.
     """
 
-    num_outputs = 1
-
     def __init__(self, X: Tensor, Y: Tensor, memory: HypothesisMemory, max_components=32):
-        super().__init__()
+        Model.__init__(self)
         self.memory = memory
-        self.ym, self.ys = Y.mean(), Y.std().clamp_min(1e-9)
-        Yf = ((Y - self.ym) / self.ys).double()
+        self._dtype, self._train_X = X.dtype, X.double()
+        self._offset, self._scale = Y.mean(), Y.std().clamp_min(1e-9)
+        Yf = ((Y - self._offset) / self._scale).double()
         stats = memory.stats(X.double(), Yf, torch.Size([]))
         chol, alpha, w_rb, noise_w = memory._posterior(stats, X.shape[0])
         R, B = w_rb.shape
@@ -63,34 +61,14 @@ class MemoryBMAModel(Model):
         self.lam = noise_w.reshape(-1)[keep] / wk  # expected noise variance given (r, b)
         self.chol = chol[self.r_idx, self.b_idx]  # K x m x m
         self.alpha = alpha[self.r_idx, self.b_idx]  # K x m
-        self.noise = (self.w * self.lam).sum()
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return torch.Size([])
+        self.noise_variance = (self.w * self.lam).sum()
 
     def moments(self, X: Tensor) -> tuple[Tensor, Tensor]:
         phi = self.memory.features(X.double())[..., self.b_idx, :, :]  # ... x K x N x m
         mean_k = (phi @ self.alpha.unsqueeze(-1)).squeeze(-1)  # ... x K x N
         half = torch.linalg.solve_triangular(self.chol, phi.transpose(-1, -2), upper=False)
-        w = self.w[:, None]
-        mean = (w * mean_k).sum(-2)
-        cov = ((self.w * self.lam)[:, None, None] * (half.transpose(-1, -2) @ half)).sum(-3)
-        dev = mean_k - mean.unsqueeze(-2)
-        cov = cov + (dev.transpose(-1, -2) @ (w * dev))
-        return mean, cov
-
-    def posterior(self, X, output_indices=None, observation_noise=False, posterior_transform=None):
-        mean, cov = self.moments(X)
-        n = cov.shape[-1]
-        eye = torch.eye(n, dtype=cov.dtype)
-        cov = cov + (1e-8 + (self.noise if observation_noise else 0.0)) * eye
-        mean = (mean * self.ys + self.ym).to(X.dtype)
-        cov = (cov * self.ys**2).to(X.dtype)
-        post = GPyTorchPosterior(MultivariateNormal(mean, cov))
-        if posterior_transform is not None:
-            return posterior_transform(post)
-        return post
+        cov_k = self.lam[:, None, None] * (half.transpose(-1, -2) @ half)  # ... x K x N x N
+        return moment_match(self.w, mean_k.movedim(-2, 0), cov_k.movedim(-3, 0))
 
 
 def make_surrogate_class():
@@ -152,15 +130,63 @@ def run_one(args):
     return problem, seed, run["best_value"], run["seconds"]
 
 
+STANDARD_DB = Path(__file__).resolve().parent / "results" / "bench" / "standard" / "results.sqlite"
+# the suite's runs the pilot is read against: Ax's GP, the warped default network, Sobol
+REFERENCES = {"gp": {}, "cmanp": {"warp": "rank"}, "sobol": {}}
+
+
+def summarise(out: str | Path, db: Path = STANDARD_DB) -> dict:
+    """Per problem: the mean final log10 regret of the pilot's runs in ``out`` and of the
+    reference runs of ``db`` on the same seeds (what the README's pilot table quotes)."""
+    import math
+    import sqlite3
+    import statistics
+
+    pilot: dict[str, dict[int, float]] = {}
+    for path in Path(out).glob("*.json"):
+        run = json.loads(path.read_text())
+        problem, seed = path.stem.rsplit("_", 1)
+        pilot.setdefault(problem, {})[int(seed)] = math.log10(
+            run["best_value"] - run["optimal_value"]
+        )
+    con = sqlite3.connect(db)
+    table = {}
+    for problem, by_seed in sorted(pilot.items()):
+        row = {"seeds": sorted(by_seed), "pilot": statistics.mean(by_seed.values())}
+        for surrogate, options in REFERENCES.items():
+            ref = {}
+            for seed, settings, best, opt in con.execute(
+                "SELECT seed, settings, best_value, optimal_value FROM runs "
+                "WHERE suite = 'standard' AND problem = ? AND surrogate = ?",
+                (problem, surrogate),
+            ):
+                settings = json.loads(settings)
+                current = surrogate != "cmanp" or settings.get("model_revision") == 2
+                if settings["options"] == options and current and seed in by_seed:
+                    ref[seed] = math.log10(best - opt)
+            row[surrogate] = statistics.mean(ref.values()) if ref else None
+        table[problem] = row
+        print(problem, {k: v if k == "seeds" else round(v, 2) for k, v in row.items()})
+    return table
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--problems", nargs="+", required=True)
+    p.add_argument("--problems", nargs="+", help="standard problems to run (not with --summary)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--options", default="{}")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--summary", action="store_true", help="print the runs in --out against the suite's"
+    )
     a = p.parse_args()
+    if a.summary:
+        summarise(a.out)
+        return
+    if not a.problems:
+        p.error("--problems is required to run the pilot")
     Path(a.out).mkdir(parents=True, exist_ok=True)
     jobs = [
         (prob, s, json.loads(a.options), a.out)
