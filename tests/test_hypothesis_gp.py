@@ -124,6 +124,10 @@ def test_bad_input_is_refused_with_what_to_pass():
     bad[0] = float("nan")
     with pytest.raises(InputDataError, match="finite"):
         HypothesisAveragedGP(X, bad)
+    with pytest.raises(InputDataError, match="finite"):
+        HypothesisAveragedGP(X.clone().fill_(float("inf")), Y)
+    with pytest.raises(InputDataError, match="n >= 1"):
+        HypothesisAveragedGP(X[:0], Y[:0])
     model = HypothesisAveragedGP(X, Y, hypotheses=4)
     with pytest.raises(InputDataError, match="batch_shape x q x 2"):
         model.posterior(torch.rand(3, 3, dtype=torch.float64))
