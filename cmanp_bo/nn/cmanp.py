@@ -73,6 +73,10 @@ class CMANPConfig:
         hypothesis_features: random features m per hypothesis and kernel.
         hypothesis_short_share: share of the hypotheses 16 times shorter than the
             hyperprior's draws (0: none), to match a prior with ``short_share``.
+        hypothesis_exact_points: while the context holds at most this many points, the
+            hypothesis memory also keeps them and its readout is exact (kernel form) instead of
+            on its random features (0: never; ``HypothesisMemory(exact_points=...)``). The
+            state then grows with the context up to this many points, then drops them.
     """
 
     dim_x: int = 1
@@ -96,6 +100,7 @@ class CMANPConfig:
     hypothesis_count: int = 0
     hypothesis_features: int = 64
     hypothesis_short_share: float = 0.0
+    hypothesis_exact_points: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -133,7 +138,7 @@ class CMANPConfig:
             raise ValueError(f"CMANPConfig.fourier_scale must be > 0, got {self.fourier_scale!r}")
         if not self.min_std > 0:
             raise ValueError(f"CMANPConfig.min_std must be > 0, got {self.min_std!r}")
-        for name in ("regression_features", "hypothesis_count"):
+        for name in ("regression_features", "hypothesis_count", "hypothesis_exact_points"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"CMANPConfig.{name} must be an int >= 0, got {value!r}")
@@ -171,7 +176,9 @@ class ContextState:
     ``PolynomialMemory`` (``polynomial``).
 
     An immutable value. ``update`` returns a new state; the old one stays valid. Its size depends
-    on the architecture and the batch shape only, never on ``num_points``.
+    on the architecture and the batch shape only, never on ``num_points``, except that a
+    hypothesis memory with ``exact_points`` also holds the points themselves while there are at
+    most that many (so the size is bounded by the architecture, not by ``num_points``).
     """
 
     layers: tuple[AttentionStats, ...]
@@ -281,6 +288,7 @@ class CMANP(NeuralProcess):
                 cfg.hypothesis_count,
                 cfg.hypothesis_features,
                 short_share=cfg.hypothesis_short_share,
+                exact_points=cfg.hypothesis_exact_points,
             )
             if cfg.hypothesis_count
             else None

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cmanp_bo.priors.bo import lengthscale_hypotheses
+from cmanp_bo.priors.bo import lengthscale_hypotheses, scaled_kernel
 
 # Floor of every bank's noise variance (frame units): keeps A well conditioned.
 MIN_NOISE = 1e-4
@@ -82,6 +82,31 @@ class RegressionStats:
         return [self.gram, self.moment, self.sq_sum]
 
 
+@dataclass(frozen=True)
+class HypothesisStats(RegressionStats):
+    """``HypothesisMemory``'s statistics, and the context's points themselves while it holds at
+    most the memory's ``exact_points`` of them (then ``x`` and ``y`` are ``None`` for good).
+
+    Attributes:
+        x: ``batch_shape x n x dim_x`` context inputs (float64), or ``None``.
+        y: ``batch_shape x n x 1`` context outputs (float64), or ``None``.
+    """
+
+    x: Tensor | None = None
+    y: Tensor | None = None
+
+    def expand(self, batch_shape: torch.Size) -> HypothesisStats:
+        base = RegressionStats.expand(self, batch_shape)
+        if self.x is None:
+            return HypothesisStats(*base.tensors())
+        x = self.x.expand(*batch_shape, *self.x.shape[-2:])
+        return HypothesisStats(*base.tensors(), x, self.y.expand(*batch_shape, *self.y.shape[-2:]))
+
+    def tensors(self) -> list[Tensor]:
+        extra = [self.x, self.y] if self.x is not None else []
+        return RegressionStats.tensors(self) + extra
+
+
 def _empty_stats(batch_shape: torch.Size, banks: int, m: int, device) -> RegressionStats:
     dtype = torch.float64
     return RegressionStats(
@@ -102,14 +127,20 @@ def _absorb_features(stats: RegressionStats, phi: Tensor, y: Tensor) -> Regressi
 
 
 def _cached_posterior(
-    memory: nn.Module, name: str, stats: RegressionStats, num_points: int, cache: dict | None
+    memory: nn.Module,
+    name: str,
+    stats: RegressionStats,
+    num_points: int,
+    cache: dict | None,
+    compute: str = "_posterior",
 ) -> tuple[Tensor, ...]:
-    """``memory._posterior(stats, num_points)``, kept in ``cache`` (the state's) when nothing in
-    it needs gradients, so repeated predictions on one context factor it once."""
+    """``memory._posterior(stats, num_points)`` (or the method named ``compute``), kept in
+    ``cache`` (the state's) when nothing in it needs gradients, so repeated predictions on one
+    context factor it once."""
     key = (name, id(memory))
     post = cache.get(key) if cache is not None else None
     if post is None:
-        post = memory._posterior(stats, num_points)
+        post = getattr(memory, compute)(stats, num_points)
         if cache is not None and not any(t.requires_grad for t in post):
             cache[key] = post
     return post
@@ -388,7 +419,17 @@ class HypothesisMemory(_StreamedStatistics):
         short_share: share of the hypotheses divided by ``short_factor`` (evenly spread;
             ``cmanp_bo.priors.bo.lengthscale_hypotheses``), to match a training prior that
             shortens that share of its tasks (``BOPriorSampler(short_share=...)``).
+        exact_points: while the context holds at most this many points, the state keeps them
+            too and the readout is the same average computed exactly, in kernel form (an
+            ``n x n`` factor per bank and ratio; ``exact_readout``), instead of on the random
+            features. 0: never. Beyond it the points are dropped and the streamed statistics,
+            kept all along, take over; so the state is bounded by ``exact_points``, not n.
     """
+
+    #: components (ratio, bank) kept per task in the exact readout, the heaviest first, and
+    #: their least share of the heaviest one's weight
+    EXACT_COMPONENTS = 32
+    EXACT_MIN_WEIGHT = 1e-4
 
     def __init__(
         self,
@@ -398,10 +439,14 @@ class HypothesisMemory(_StreamedStatistics):
         seed: int = 0,
         short_share: float = 0.0,
         short_factor: float = 16.0,
+        exact_points: int = 0,
     ) -> None:
         super().__init__()
         if hypotheses < 1 or num_features < 1:
             raise ValueError("need hypotheses >= 1 and num_features >= 1")
+        if exact_points < 0:
+            raise ValueError(f"exact_points must be >= 0, got {exact_points!r}")
+        self.exact_points = exact_points
         gen = torch.Generator().manual_seed(seed)
         ls = lengthscale_hypotheses(dim_x, hypotheses, short_share, short_factor, gen)
         freqs, phases = [], []
@@ -425,6 +470,29 @@ class HypothesisMemory(_StreamedStatistics):
     @property
     def num_banks(self) -> int:
         return self.frequencies.shape[0]
+
+    def empty(self, batch_shape: torch.Size) -> HypothesisStats:
+        base = super().empty(batch_shape)
+        if not self.exact_points:
+            return HypothesisStats(*base.tensors())
+        dev, dim = base.gram.device, self.frequencies.shape[-2]
+        x = torch.zeros(*batch_shape, 0, dim, dtype=torch.float64, device=dev)
+        return HypothesisStats(*base.tensors(), x, x[..., :1])
+
+    def absorb(self, stats: RegressionStats, x: Tensor, y: Tensor) -> HypothesisStats:
+        """Add a block of points to ``stats``; the points themselves are kept while the context
+        holds at most ``exact_points`` (batch shapes broadcast)."""
+        base = super().absorb(stats, x, y)
+        old_x = getattr(stats, "x", None)
+        if old_x is None or old_x.shape[-2] + x.shape[-2] > self.exact_points:
+            return HypothesisStats(*base.tensors())
+        old_y, x, y = stats.y, x.double(), y.double()
+        batch = torch.broadcast_shapes(
+            old_x.shape[:-2], old_y.shape[:-2], x.shape[:-2], y.shape[:-2]
+        )
+        xs = torch.cat([old_x.expand(*batch, -1, -1), x.expand(*batch, -1, -1)], -2)
+        ys = torch.cat([old_y.expand(*batch, -1, -1), y.expand(*batch, -1, -1)], -2)
+        return HypothesisStats(*base.tensors(), xs, ys)
 
     def features(self, x: Tensor) -> Tensor:
         """``batch_shape x n x dim_x`` -> ``batch_shape x banks x n x (m + 1)``, in float64."""
@@ -465,7 +533,9 @@ class HypothesisMemory(_StreamedStatistics):
     ) -> Tensor:
         """Per-target ``batch_shape x n x 3``: the model-averaged mean, log std of the function
         and log std of the noise, in ``x``'s dtype (a target's features depend on its own input
-        and the context only)."""
+        and the context only). Exact (``exact_readout``) while the state holds the points."""
+        if getattr(stats, "x", None) is not None and num_points > 0:
+            return self.exact_readout(stats, x, cache)
         chol, alpha, w_rb, noise_w = _cached_posterior(self, "hypothesis", stats, num_points, cache)
         phi = self.features(x).unsqueeze(-4)  # b x 1 x B x n x m
         mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)  # b x R x B x n
@@ -479,10 +549,80 @@ class HypothesisMemory(_StreamedStatistics):
         parts = [avg_mean, 0.5 * (avg_var + LOG_FLOOR).log(), 0.5 * noise.log()]
         return torch.stack(parts, -1).to(x.dtype)
 
+    def _exact_posterior(self, stats: HypothesisStats, num_points: int) -> tuple[Tensor, ...]:
+        """The kernel form of ``_posterior`` on the kept points (the random features' limit):
+        per task the ``EXACT_COMPONENTS`` heaviest (ratio, bank) components' factors of
+        ``C = K + 1 + r I``, ``C^{-1} y``, lengthscales and kernel, their weights and expected
+        signal variances (renormalised over the kept ones), and the expected noise variance.
+        A factorisation that fails gets no weight."""
+        xc, yc = stats.x, stats.y
+        batch = torch.broadcast_shapes(xc.shape[:-2], yc.shape[:-2])
+        xc, yc = xc.expand(*batch, -1, -1), yc.expand(*batch, -1, -1)
+        n, hyps = xc.shape[-2], self.lengthscales.shape[0]
+        ls = self.lengthscales
+        z = xc.unsqueeze(-3) / ls[:, None, :]  # b x K x n x d
+        kcc = torch.cat([scaled_kernel(kind, z, z) for kind in HYPOTHESIS_KERNELS], -3) + 1.0
+        r, s = self.ratios, self.scales
+        eye = torch.eye(n, dtype=torch.float64, device=xc.device)
+        cov = kcc.unsqueeze(-4) + r[:, None, None, None] * eye  # b x R x B x n x n
+        chol, info = torch.linalg.cholesky_ex(cov)
+        failed = info > 0
+        chol = torch.where(failed[..., None, None], eye, chol)
+        y = yc.unsqueeze(-3).unsqueeze(-4)  # b x 1 x 1 x n x 1
+        alpha = torch.cholesky_solve(y.expand(*chol.shape[:-1], 1), chol)  # b x R x B x n x 1
+        fit = (y * alpha).sum((-1, -2))  # b x R x B
+        logdet = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
+        s_ = s[:, None]  # S x 1
+        log_ev = -0.5 * (
+            fit.unsqueeze(-2) / s_ + logdet.unsqueeze(-2) + n * s_.log() + n * math.log(2 * math.pi)
+        )  # b x R x S x B
+        log_ev = log_ev.masked_fill(failed.unsqueeze(-2), -math.inf)
+        shape = log_ev.shape
+        w = torch.softmax(log_ev.flatten(-3), -1).reshape(shape)
+        w_rb, sw_rb = w.sum(-2).flatten(-2), (w * s_).sum(-2)  # b x RB, b x R x B
+        noise = (sw_rb * r[:, None]).sum((-2, -1))  # b
+        k = min(self.EXACT_COMPONENTS, w_rb.shape[-1])
+        top, idx = w_rb.topk(k, -1)  # b x k
+        top = top * (top >= self.EXACT_MIN_WEIGHT * top[..., :1])
+        total = top.sum(-1, keepdim=True)
+        weight, sig = top / total, sw_rb.flatten(-2).gather(-1, idx) / total
+        sig = sig * (top > 0)
+        flat_chol = chol.flatten(-4, -3)  # b x RB x n x n
+        chol_k = flat_chol.gather(-3, idx[..., None, None].expand(*idx.shape, n, n))
+        alpha_k = alpha.squeeze(-1).flatten(-3, -2).gather(-2, idx[..., None].expand(*idx.shape, n))
+        bank = idx % (len(HYPOTHESIS_KERNELS) * hyps)
+        matern = bank >= hyps  # HYPOTHESIS_KERNELS' order: rbf banks, then matern
+        return chol_k, alpha_k, weight, sig, ls[bank % hyps], matern, noise, xc
+
+    def exact_readout(self, stats: HypothesisStats, x: Tensor, cache: dict | None = None) -> Tensor:
+        """``readout`` computed exactly on the points the state holds: each (ratio, bank) an
+        exact GP with that bank's kernel plus 1 (the constant feature), weighted by its exact
+        evidence over the ratio and scale grids; the heaviest ``EXACT_COMPONENTS`` components
+        per task are kept (at least ``EXACT_MIN_WEIGHT`` of the heaviest), renormalised."""
+        n = stats.x.shape[-2]
+        post = _cached_posterior(self, "hypothesis-exact", stats, n, cache, "_exact_posterior")
+        chol, alpha, weight, sig, ls, matern, noise, xc = post
+        scaled = ls.unsqueeze(-2)  # b x k x 1 x d
+        zt = x.double().unsqueeze(-3) / scaled  # b' x k x t x d
+        zc = xc.unsqueeze(-3) / scaled  # b x k x n x d
+        m = matern[..., None, None]
+        ktc = torch.where(m, scaled_kernel("matern", zt, zc), scaled_kernel("rbf", zt, zc)) + 1.0
+        mean = (ktc @ alpha.unsqueeze(-1)).squeeze(-1)  # b' x k x t
+        half = torch.linalg.solve_triangular(chol, ktc.transpose(-1, -2), upper=False)
+        var_k = (2.0 - half.pow(2).sum(-2)).clamp_min(0)  # unit kernel + 1 at the target
+        w = weight.unsqueeze(-1)
+        avg_mean = (w * mean).sum(-2)
+        second = (w * mean.pow(2)).sum(-2)
+        avg_var = ((sig.unsqueeze(-1) * var_k).sum(-2) + second - avg_mean.pow(2)).clamp_min(0)
+        noise = noise[..., None].expand_as(avg_mean)
+        parts = [avg_mean, 0.5 * (avg_var + LOG_FLOOR).log(), 0.5 * noise.log()]
+        return torch.stack(parts, -1).to(x.dtype)
+
 
 __all__ = [
     "HYPOTHESIS_READOUT_WIDTH",
     "HypothesisMemory",
+    "HypothesisStats",
     "POLY_READOUT_WIDTH",
     "PolynomialMemory",
     "RegressionMemory",

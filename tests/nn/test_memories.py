@@ -175,3 +175,98 @@ def test_short_hypotheses_are_the_hyperprior_draws_divided_by_the_factor():
     rows = torch.cat([short, short])
     torch.testing.assert_close(ratio[rows], torch.full_like(ratio[rows], 16.0))
     torch.testing.assert_close(ratio[~rows], torch.ones_like(ratio[~rows]))
+
+
+# ------------------------------------------------------------------ the exact small-context readout
+def exact_net(exact_points=30, **kw):
+    return memory_net("hypothesis", hypothesis_exact_points=exact_points, **kw)
+
+
+def test_exact_readout_is_the_hypothesis_averaged_gp_on_the_same_hypotheses():
+    """Kernel form of the same average: ``HypothesisAveragedGP`` with the memory's lengthscale
+    vectors, its pruning rule and component count, on an already standardised context."""
+    from cmanp_bo.hypothesis_gp import HypothesisAveragedGP
+    from cmanp_bo.nn.regression import LOG_FLOOR, HypothesisMemory
+
+    memory = HypothesisMemory(4, 16, 8, seed=3, short_share=0.5, exact_points=64)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(25, 4, generator=g, dtype=torch.float64)
+    y = torch.sin(6 * x).sum(-1, keepdim=True)
+    y = (y - y.mean()) / y.std()
+    xq = torch.rand(11, 4, generator=g, dtype=torch.float64)
+    stats = memory.stats(x, y, torch.Size([]))
+    assert stats.x.shape == (25, 4) and stats.y.shape == (25, 1)
+    out = memory.readout(stats, 25, xq)
+    gp = HypothesisAveragedGP(
+        x, y, hypotheses=memory.lengthscales, max_components=memory.EXACT_COMPONENTS
+    )
+    mean, var = gp.moments(xq.unsqueeze(-2))
+    assert torch.allclose(out[:, 0], mean.squeeze(-1), atol=1e-9)
+    var_f = out[:, 1].exp().pow(2) - LOG_FLOOR  # the readout's log std has the floor added
+    assert torch.allclose(var_f, var.squeeze(-1).squeeze(-1), rtol=1e-6)
+    # the noise is averaged over every component, before pruning
+    every = HypothesisAveragedGP(x, y, hypotheses=memory.lengthscales, max_components=10**6)
+    assert abs(out[0, 2].exp().pow(2) - every.noise_variance) < 1e-3 * every.noise_variance
+    # and not the random-feature readout, which 8 features per bank approximate coarsely
+    assert (memory.readout(stats.__class__(*stats.tensors()[:3]), 25, xq) - out).abs().max() > 1e-3
+
+
+def test_exact_context_streams_and_drops_its_points_beyond_the_cap():
+    """Blocks, updates and one-shot give the same state and outputs while exact; past the cap
+    the points are dropped and the outputs are the random-feature network's."""
+    net = exact_net(30)
+    plain = memory_net("hypothesis")
+    x, y, xq = cube_data(45, torch.float64)
+    ref = outputs(net, net.encode(x[:, :30], y[:, :30]), xq)
+    state = net.encode(x[:, :12], y[:, :12], block_size=5)
+    state = net.update(state, x[:, 12:30], y[:, 12:30])
+    assert state.hypothesis.x.shape == (2, 30, 3)
+    assert max_diff(outputs(net, state, xq), ref) < 1e-9
+    assert max_diff(outputs(plain, plain.encode(x[:, :30], y[:, :30]), xq), ref) > 1e-4
+    full = net.update(state, x[:, 30:31], y[:, 30:31])
+    assert full.hypothesis.x is None and full.hypothesis.y is None
+    assert full.numel() == plain.encode(x[:, :31], y[:, :31]).numel()
+    later = net.update(full, x[:, 31:], y[:, 31:])
+    expected = outputs(plain, plain.encode(x, y), xq)
+    assert max_diff(outputs(net, later, xq), expected) < 1e-9
+
+
+def test_exact_state_broadcasts_fantasies_and_keeps_gradients():
+    net = exact_net(30)
+    x, y, xq = cube_data(10, torch.float64)
+    state = net.encode(x, y)
+    xf = torch.rand(2, 1, 3, dtype=torch.float64, requires_grad=True)
+    yf = torch.randn(4, 2, 1, 1, dtype=torch.float64)
+    fant = net.update(state, xf, yf)
+    assert fant.hypothesis.x.shape == (4, 2, 11, 3)
+    for s in range(4):
+        one = net.update(state, xf, yf[s])
+        assert max_diff(outputs(net, one, xq), [t[s] for t in outputs(net, fant, xq)]) < 1e-10
+    xq = xq.clone().requires_grad_(True)
+    net.predict(fant, xq).mean.sum().backward()
+    assert torch.isfinite(xq.grad).all() and xq.grad.abs().sum() > 0
+    assert torch.isfinite(xf.grad).all() and xf.grad.abs().sum() > 0
+    expanded = state.expand((3, 2))
+    assert expanded.hypothesis.x.shape == (3, 2, 10, 3)
+    assert max_diff(outputs(net, expanded, xq.detach()), outputs(net, state, xq.detach())) < 1e-12
+
+
+def test_exact_readout_survives_repeated_points():
+    """Duplicates make the smallest noise ratios' factors fail or near-fail: those components
+    get no weight, and the readout stays finite."""
+    net = exact_net(30)
+    x, y, xq = cube_data(6, torch.float64)
+    x = torch.cat([x, x, x], -2)
+    y = torch.cat([y, y + 0.3, y - 0.3], -2)
+    out = net.hypothesis.readout(net.encode(x, y).hypothesis, 18, xq)
+    assert torch.isfinite(out).all()
+
+
+def test_exact_points_is_checked():
+    from cmanp_bo.nn.cmanp import CMANPConfig
+    from cmanp_bo.nn.regression import HypothesisMemory
+
+    with pytest.raises(ValueError, match="hypothesis_exact_points"):
+        CMANPConfig(dim_x=2, hypothesis_count=2, hypothesis_exact_points=-1)
+    with pytest.raises(ValueError, match="exact_points"):
+        HypothesisMemory(2, 2, 4, exact_points=-3)
