@@ -263,10 +263,12 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
     The source is a checkpoint (``.pt`` with its card) or another run's ``last.pt``; its
     architecture and config must equal the run's, except that ``dim_x`` may grow
     (``widen_inputs``), regression, polynomial and hypothesis memories may be added, and a
-    hypothesis memory may be redrawn with other ``hypothesis_count`` / ``hypothesis_features``.
+    hypothesis memory may be redrawn with other ``hypothesis_count`` / ``hypothesis_features``
+    and may change its ``hypothesis_exact_points``.
     """
     source = _source_network(cfg.init_from)
-    allowed = {"dim_x": net.cfg.dim_x}
+    # dim_x may grow; a hypothesis memory's exact small-context readout has no weights
+    allowed = {"dim_x": net.cfg.dim_x, "hypothesis_exact_points": net.cfg.hypothesis_exact_points}
     if not source.cfg.regression_features:  # a regression memory may be added
         allowed.update({k: getattr(net.cfg, k) for k in _REGRESSION_FIELDS})
     if not source.cfg.polynomial_memory:  # and a polynomial one (no weights of its own)

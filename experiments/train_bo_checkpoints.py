@@ -4,7 +4,7 @@
     python experiments/train_bo_checkpoints.py --out runs/bo-chain --scale 3  # 3x the steps (GPU)
     python experiments/train_bo_checkpoints.py --out runs/tnp-chain --arch tnp --stage 1 --stage 2
 
-The recipe is a chain of nineteen resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
+The recipe is a chain of twenty-three resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
 
 1. ``d2-start``: a fresh network (d_model 64, 3 CMABs, 32 latents, 32 Fourier features, joint
    head) on the BO prior restricted to d <= 2, ``dim_x`` 2, 4000 steps. On d <= 2 the network
@@ -93,6 +93,12 @@ The recipe is a chain of nineteen resumable ``cmanp_bo.train`` runs, each in ``O
     tasks that ``short_share`` shortens; stages 17-19 drew every hypothesis from the
     hyperprior alone), 3000 steps (lr 4e-4, seed 15) so that the decoder learns to use them.
 21. ``bo-d36-hyp-short64`` (stop 34): stage 20's bank redrawn at 64 x 64, as stage 19, 0 steps.
+22. ``bo-d36-hyp-exact`` (stop 35): stage 20 with the hypothesis readout exact while the context
+    holds at most 64 points (``hypothesis_exact_points``; no new weight), 2000 steps (lr 4e-4,
+    seed 16), so that the decoder learns from the exact average what it learned from the
+    random-feature one.
+23. ``bo-d36-hyp-exact64`` (stop 35): stage 22's bank redrawn at 64 x 64 and exact up to 128
+    points, 0 steps.
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
@@ -142,6 +148,9 @@ HYPOTHESIS64 = {**HYPOTHESIS, "hypothesis_count": 64, "hypothesis_features": 64}
 # stages 20, 21: half the hypotheses 16 times shorter, as half the prior's tasks are
 HYPOTHESIS_SHORT = {**HYPOTHESIS, "hypothesis_short_share": 0.5}
 HYPOTHESIS_SHORT64 = {**HYPOTHESIS64, "hypothesis_short_share": 0.5}
+# stages 22, 23: the hypothesis readout exact while the context holds at most 64 (128) points
+HYPOTHESIS_SHORT_EXACT = {**HYPOTHESIS_SHORT, "hypothesis_exact_points": 64}
+HYPOTHESIS_SHORT64_EXACT = {**HYPOTHESIS_SHORT64, "hypothesis_exact_points": 128}
 
 
 def stages(
@@ -241,6 +250,14 @@ def stages(
         ),
         steps=0,
     )
+    exact = {**hyp, "model": HYPOTHESIS_SHORT_EXACT}
+    d36_hyp_exact = fine_tune(2, 6, 2000, seed=16, start="bo-d36-hyp-short", **exact)
+    d36_hyp_exact64 = replace(
+        fine_tune(
+            2, 6, 0, seed=16, start="bo-d36-hyp-exact", **{**hyp, "model": HYPOTHESIS_SHORT64_EXACT}
+        ),
+        steps=0,
+    )
     d2_reg = replace(
         d2,
         steps=steps(16000),
@@ -274,6 +291,8 @@ def stages(
         19: ("bo-d36-hyp64", d36_hyp64, None),
         20: ("bo-d36-hyp-short", d36_hyp_short, None),
         21: ("bo-d36-hyp-short64", d36_hyp_short64, None),
+        22: ("bo-d36-hyp-exact", d36_hyp_exact, None),
+        23: ("bo-d36-hyp-exact64", d36_hyp_exact64, None),
     }
 
 

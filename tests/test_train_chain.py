@@ -55,6 +55,10 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "20"])
     with pytest.raises(SystemExit, match="run stage 20 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "21"])
+    with pytest.raises(SystemExit, match="run stage 20 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "22"])
+    with pytest.raises(SystemExit, match="run stage 22 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "23"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -153,8 +157,18 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
     for card, size in ((short, (16, 32)), (short64, (64, 64))):  # stages 20, 21
         assert card["config"]["hypothesis_short_share"] == 0.5
         assert (card["config"]["hypothesis_count"], card["config"]["hypothesis_features"]) == size
+    exact, exact64 = (
+        read_card(tmp_path / s / "model.pt") for s in ("bo-d36-hyp-exact", "bo-d36-hyp-exact64")
+    )
+    assert exact["init_from"].endswith("bo-d36-hyp-short/model.pt") and exact["steps"] == 2
+    assert exact64["init_from"].endswith("bo-d36-hyp-exact/model.pt") and exact64["steps"] == 0
+    assert exact["seed"] == 16
+    for card, size, points in ((exact, (16, 32), 64), (exact64, (64, 64), 128)):  # 22, 23
+        assert card["config"]["hypothesis_short_share"] == 0.5
+        assert (card["config"]["hypothesis_count"], card["config"]["hypothesis_features"]) == size
+        assert card["config"]["hypothesis_exact_points"] == points
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 21
+    assert capsys.readouterr().out.count(": finished,") == 23
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):
