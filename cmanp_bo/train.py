@@ -264,11 +264,14 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
     architecture and config must equal the run's, except that ``dim_x`` may grow
     (``widen_inputs``), regression, polynomial and hypothesis memories may be added, and a
     hypothesis memory may be redrawn with other ``hypothesis_count`` / ``hypothesis_features``
-    and may change its ``hypothesis_exact_points``.
+    and may change its ``hypothesis_exact_points``. A network may become ``hypothesis_residual``:
+    its head's mean and std outputs are then zeroed, so it starts as its hypothesis readout.
     """
     source = _source_network(cfg.init_from)
     # dim_x may grow; a hypothesis memory's exact small-context readout has no weights
     allowed = {"dim_x": net.cfg.dim_x, "hypothesis_exact_points": net.cfg.hypothesis_exact_points}
+    if not source.cfg.hypothesis_residual:  # the readout may become the head's base
+        allowed["hypothesis_residual"] = net.cfg.hypothesis_residual
     if not source.cfg.regression_features:  # a regression memory may be added
         allowed.update({k: getattr(net.cfg, k) for k in _REGRESSION_FIELDS})
     if not source.cfg.polynomial_memory:  # and a polynomial one (no weights of its own)
@@ -301,6 +304,12 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
             redraw_hypotheses=redraw,
         )
     )
+    if net.cfg.hypothesis_residual and not source.cfg.hypothesis_residual:
+        # the head's mean and std outputs start at zero: the network starts as its readout
+        last = net.head[-1]
+        with torch.no_grad():
+            last.weight[:3].zero_()
+            last.bias[:3].zero_()
 
 
 _REGRESSION_FIELDS = ("regression_features", "regression_lengthscales", "regression_noise")

@@ -4,7 +4,7 @@
     python experiments/train_bo_checkpoints.py --out runs/bo-chain --scale 3  # 3x the steps (GPU)
     python experiments/train_bo_checkpoints.py --out runs/tnp-chain --arch tnp --stage 1 --stage 2
 
-The recipe is a chain of twenty-three resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
+The recipe is a chain of twenty-five resumable ``cmanp_bo.train`` runs, each in ``OUT/<stage>``:
 
 1. ``d2-start``: a fresh network (d_model 64, 3 CMABs, 32 latents, 32 Fourier features, joint
    head) on the BO prior restricted to d <= 2, ``dim_x`` 2, 4000 steps. On d <= 2 the network
@@ -99,6 +99,12 @@ The recipe is a chain of twenty-three resumable ``cmanp_bo.train`` runs, each in
     random-feature one.
 23. ``bo-d36-hyp-exact64`` (stop 35): stage 22's bank redrawn at 64 x 64 and exact up to 128
     points, 0 steps.
+24. ``bo-d36-hyp-resid`` (stop 35): stage 20 as a residual network (``hypothesis_residual``: the
+    head corrects the hypothesis readout's mean and stds instead of predicting them; its mean
+    and std outputs zeroed at the start, so training starts from the readout), exact up to 64
+    points, 2000 steps (lr 4e-4, seed 17). Independent of stages 22 and 23.
+25. ``bo-d36-hyp-resid64`` (stop 35): stage 24's bank redrawn at 64 x 64 and exact up to 128
+    points, 0 steps.
 
 Every stage resumes from its ``last.pt`` after an interruption, and a finished stage is not run
 again, so re-running the command continues the chain. ``--scale`` multiplies every step count
@@ -151,6 +157,9 @@ HYPOTHESIS_SHORT64 = {**HYPOTHESIS64, "hypothesis_short_share": 0.5}
 # stages 22, 23: the hypothesis readout exact while the context holds at most 64 (128) points
 HYPOTHESIS_SHORT_EXACT = {**HYPOTHESIS_SHORT, "hypothesis_exact_points": 64}
 HYPOTHESIS_SHORT64_EXACT = {**HYPOTHESIS_SHORT64, "hypothesis_exact_points": 128}
+# stage 24: the head corrects the (exact) hypothesis readout instead of predicting on its own
+HYPOTHESIS_RESIDUAL = {**HYPOTHESIS_SHORT_EXACT, "hypothesis_residual": True}
+HYPOTHESIS_RESIDUAL64 = {**HYPOTHESIS_SHORT64_EXACT, "hypothesis_residual": True}
 
 
 def stages(
@@ -258,6 +267,14 @@ def stages(
         ),
         steps=0,
     )
+    resid = {**hyp, "model": HYPOTHESIS_RESIDUAL}
+    d36_hyp_resid = fine_tune(2, 6, 2000, seed=17, start="bo-d36-hyp-short", **resid)
+    d36_hyp_resid64 = replace(
+        fine_tune(
+            2, 6, 0, seed=17, start="bo-d36-hyp-resid", **{**hyp, "model": HYPOTHESIS_RESIDUAL64}
+        ),
+        steps=0,
+    )
     d2_reg = replace(
         d2,
         steps=steps(16000),
@@ -293,6 +310,8 @@ def stages(
         21: ("bo-d36-hyp-short64", d36_hyp_short64, None),
         22: ("bo-d36-hyp-exact", d36_hyp_exact, None),
         23: ("bo-d36-hyp-exact64", d36_hyp_exact64, None),
+        24: ("bo-d36-hyp-resid", d36_hyp_resid, None),
+        25: ("bo-d36-hyp-resid64", d36_hyp_resid64, None),
     }
 
 

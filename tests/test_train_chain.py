@@ -59,6 +59,10 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "22"])
     with pytest.raises(SystemExit, match="run stage 22 first"):
         chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "23"])
+    with pytest.raises(SystemExit, match="run stage 20 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "24"])
+    with pytest.raises(SystemExit, match="run stage 24 first"):
+        chain.main(["--out", str(tmp_path), "--scale", "0.001", "--stage", "25"])
     chain.main(
         ["--out", str(tmp_path), "--scale", "0.001", "--threads", "1", "--eval-batches", "1"]
     )
@@ -167,8 +171,16 @@ def test_chain_trains_snapshots_widens_and_resumes(chain, tmp_path, capsys):
         assert card["config"]["hypothesis_short_share"] == 0.5
         assert (card["config"]["hypothesis_count"], card["config"]["hypothesis_features"]) == size
         assert card["config"]["hypothesis_exact_points"] == points
+    resid, resid64 = (
+        read_card(tmp_path / s / "model.pt") for s in ("bo-d36-hyp-resid", "bo-d36-hyp-resid64")
+    )
+    assert resid["init_from"].endswith("bo-d36-hyp-short/model.pt") and resid["steps"] == 2
+    assert resid64["init_from"].endswith("bo-d36-hyp-resid/model.pt") and resid64["steps"] == 0
+    for card, points in ((resid, 64), (resid64, 128)):  # stages 24, 25
+        assert card["config"]["hypothesis_residual"] is True
+        assert card["config"]["hypothesis_exact_points"] == points
     chain.main(["--out", str(tmp_path), "--scale", "0.001"])  # everything finished: skipped
-    assert capsys.readouterr().out.count(": finished,") == 23
+    assert capsys.readouterr().out.count(": finished,") == 25
 
 
 def test_chain_trains_a_peer_with_the_same_recipe(chain, tmp_path):

@@ -77,6 +77,11 @@ class CMANPConfig:
             hypothesis memory also keeps them and its readout is exact (kernel form) instead of
             on its random features (0: never; ``HypothesisMemory(exact_points=...)``). The
             state then grows with the context up to this many points, then drops them.
+        hypothesis_residual: the joint head's mean, function std and noise std are the
+            hypothesis memory's readout corrected by the network (the head's outputs are
+            added to the readout's mean and to the inverse softplus of its stds), instead of
+            the network's alone; a head whose first three outputs are zero is the readout.
+            Needs ``hypothesis_count`` and ``joint_head``.
     """
 
     dim_x: int = 1
@@ -101,6 +106,7 @@ class CMANPConfig:
     hypothesis_features: int = 64
     hypothesis_short_share: float = 0.0
     hypothesis_exact_points: int = 0
+    hypothesis_residual: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -154,6 +160,16 @@ class CMANPConfig:
             raise ValueError(
                 "CMANPConfig.hypothesis_short_share must be in [0, 1], got "
                 f"{self.hypothesis_short_share!r}"
+            )
+        if not isinstance(self.hypothesis_residual, bool):
+            raise ValueError(
+                "CMANPConfig.hypothesis_residual must be true or false, got "
+                f"{self.hypothesis_residual!r}"
+            )
+        if self.hypothesis_residual and not (self.hypothesis_count and self.joint_head):
+            raise ValueError(
+                "CMANPConfig.hypothesis_residual needs a hypothesis memory (hypothesis_count > 0) "
+                "and the joint head (joint_head=True)"
             )
         if not isinstance(self.polynomial_memory, bool):
             raise ValueError(
@@ -315,6 +331,21 @@ class CMANP(NeuralProcess):
             return parts[0]
         batch = torch.broadcast_shapes(*(t.shape[:-1] for t in parts))
         return torch.cat([t.expand(*batch, -1) for t in parts], dim=-1)
+
+    def _head_outputs(self, out: Tensor, query: Tensor) -> Tensor:
+        """With ``hypothesis_residual``, the hypothesis readout (the query's last
+        ``HYPOTHESIS_READOUT_WIDTH`` inputs) is added to the head's mean and, through the
+        inverse of ``_std``, to its function and noise stds."""
+        if not self.cfg.hypothesis_residual:
+            return out
+        mean, log_f, log_noise = query[..., -HYPOTHESIS_READOUT_WIDTH:].unbind(-1)
+        floor = torch.finfo(out.dtype).tiny ** 0.25  # keeps the inverse softplus finite
+        raw = []
+        for log_std in (log_f, log_noise):
+            v = (log_std.exp() - self.cfg.min_std).clamp_min(floor)
+            raw.append(v + (-torch.expm1(-v)).log())  # softplus^-1(v), stable for any v > 0
+        offset = torch.stack([mean, *raw], -1)
+        return torch.cat([out[..., :3] + offset, out[..., 3:]], -1)
 
     # ----------------------------------------------------------------------------- context
     def encode(self, x: Tensor, y: Tensor, block_size: int | None = None) -> ContextState:

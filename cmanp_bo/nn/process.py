@@ -215,11 +215,17 @@ class NeuralProcess(nn.Module):
 
     def _run_decoder(self, state: Any, memory: list[Tensor], x: Tensor) -> Tensor:
         batch_shape = broadcast_batch(state.batch_shape, x.shape[:-2], "state", "x")
-        h = self.embed_query(self._query_inputs(state, x))
+        query = self._query_inputs(state, x)
+        h = self.embed_query(query)
         h = h.expand(*batch_shape, x.shape[-2], self.cfg.d_model)
         for layer, rep in zip(self.decoder, memory, strict=True):
             h = layer(h, rep)
-        return self.head(h)
+        return self._head_outputs(self.head(h), query)
+
+    def _head_outputs(self, out: Tensor, query: Tensor) -> Tensor:
+        """The head's outputs from its last layer's (``out``) and the query's inputs; the
+        identity here (``CMANP`` may add a readout to them)."""
+        return out
 
     def _std(self, raw: Tensor) -> Tensor:
         return self.cfg.min_std + F.softplus(raw)

@@ -270,3 +270,28 @@ def test_exact_points_is_checked():
         CMANPConfig(dim_x=2, hypothesis_count=2, hypothesis_exact_points=-1)
     with pytest.raises(ValueError, match="exact_points"):
         HypothesisMemory(2, 2, 4, exact_points=-3)
+
+
+def test_residual_network_with_a_zero_head_is_its_hypothesis_readout(tmp_path):
+    """``hypothesis_residual``: a warm start from a plain network zeroes the head's mean and std
+    outputs, so the marginals are the readout's (mean; function and noise std), exact or not."""
+    from cmanp_bo.checkpoint import save_checkpoint
+    from cmanp_bo.train import TrainConfig, _warm_start
+
+    save_checkpoint(exact_net(30, dtype=torch.float32), tmp_path / "plain.pt", {"note": "test"})
+    net = exact_net(30, dtype=torch.float32, seed=4, hypothesis_residual=True)
+    _warm_start(net, TrainConfig(init_from=str(tmp_path / "plain.pt")))
+    net = net.double()
+    for n in (12, 40):  # exact, then the random features
+        x, y, xq = cube_data(n, torch.float64)
+        state = net.encode(x, y)
+        read = net.hypothesis.readout(state.hypothesis, n, xq)
+        mean, cov, noise = net.joint_moments(state, xq)
+        assert torch.allclose(mean, read[..., 0], atol=1e-9)
+        assert torch.allclose(torch.diagonal(cov, dim1=-2, dim2=-1).sqrt(), read[..., 1].exp())
+        assert torch.allclose(noise.sqrt(), read[..., 2].exp())
+        xg = xq.clone().requires_grad_(True)
+        net.predict(state, xg).mean.sum().backward()
+        assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="hypothesis_residual needs"):
+        memory_net("hypothesis", joint_head=False, hypothesis_residual=True)
