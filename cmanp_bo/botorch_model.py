@@ -480,14 +480,14 @@ class CMANPModel(Model, FantasizeMixin, GP):
         if self._prefix_cache is None or self._prefix_cache[0] != key:
             with torch.no_grad():
                 out_c = net.head_outputs(state, prefix)
-                mean_c, cov_c, _ = net.moments_from_outputs(out_c)
+                mean_c, cov_c, _ = net.moments_from_outputs(out_c, state)
                 cov_c = _jittered(cov_c)
                 root_c = psd_safe_cholesky(cov_c)
                 self._prefix_cache = (key, out_c, mean_c, cov_c, root_c, {})
         _, out_c, mean_c, cov_c, root_c, _ = self._prefix_cache
         out_r = net.head_outputs(state, Z[..., k:, :])
-        mean_r, c22, _ = net.moments_from_outputs(out_r)
-        c21 = net.covariance_from_outputs(out_r, out_c)
+        mean_r, c22, _ = net.moments_from_outputs(out_r, state)
+        c21 = net.covariance_from_outputs(out_r, out_c, state)
         batch = mean_r.shape[:-1]
         mean = torch.cat([mean_c.expand(*batch, k), mean_r], dim=-1)
         return mean, (cov_c, c21, _jittered(c22)), root_c

@@ -81,6 +81,8 @@ class CMANPConfig:
             hypothesis memory's readout corrected by the network (the head's outputs are
             added to the readout's mean and to the inverse softplus of its stds), instead of
             the network's alone; a head whose first three outputs are zero is the readout.
+            The function's correlation between targets is then the memory's mixture's
+            (``HypothesisMemory.readout_correlation``), not the head's learned one.
             Needs ``hypothesis_count`` and ``joint_head``.
     """
 
@@ -345,7 +347,26 @@ class CMANP(NeuralProcess):
             v = (log_std.exp() - self.cfg.min_std).clamp_min(floor)
             raw.append(v + (-torch.expm1(-v)).log())  # softplus^-1(v), stable for any v > 0
         offset = torch.stack([mean, *raw], -1)
-        return torch.cat([out[..., :3] + offset, out[..., 3:]], -1)
+        x = query[..., : self.cfg.dim_x]  # the query's inputs begin with x itself
+        x = x.expand(*out.shape[:-1], self.cfg.dim_x)
+        return torch.cat([out[..., :3] + offset, out[..., 3:], x], -1)
+
+    def covariance_from_outputs(
+        self, out_a: Tensor, out_b: Tensor, state: ContextState | None = None
+    ) -> Tensor:
+        """With ``hypothesis_residual``, the network's function stds times the hypothesis
+        memory's correlation between the targets (``HypothesisMemory.readout_correlation``;
+        the outputs end with the targets' inputs), instead of the head's learned one."""
+        if not self.cfg.hypothesis_residual:
+            return super().covariance_from_outputs(out_a, out_b, state)
+        if state is None:
+            raise ValueError("a hypothesis_residual network's covariance needs the context state")
+        d = self.cfg.dim_x
+        corr = self.hypothesis.readout_correlation(
+            state.hypothesis, state.num_points, out_a[..., -d:], out_b[..., -d:], state._cache
+        ).to(out_a.dtype)
+        f_a, f_b = self._std(out_a[..., 1]), self._std(out_b[..., 1])
+        return f_a.unsqueeze(-1) * corr * f_b.unsqueeze(-2)
 
     # ----------------------------------------------------------------------------- context
     def encode(self, x: Tensor, y: Tensor, block_size: int | None = None) -> ContextState:

@@ -266,7 +266,7 @@ class NeuralProcess(nn.Module):
         """
         if not self.cfg.joint_head:
             raise RuntimeError("this network has no joint head (CMANPConfig.joint_head=False)")
-        return self.moments_from_outputs(self._decode(state, x))
+        return self.moments_from_outputs(self._decode(state, x), state)
 
     def head_outputs(self, state: Any, x: Tensor) -> Tensor:
         """The head's raw outputs ``batch_shape x m x num_out`` at the targets ``x``.
@@ -276,17 +276,19 @@ class NeuralProcess(nn.Module):
         """
         return self._decode(state, x)
 
-    def moments_from_outputs(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``joint_moments`` from the head outputs (``head_outputs``) of ``m`` targets."""
+    def moments_from_outputs(self, out: Tensor, state: Any = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``joint_moments`` from the head outputs (``head_outputs``) of ``m`` targets on the
+        context ``state`` (needed only by a network whose correlation reads the context)."""
         mean, _, noise_std = self._joint_marginals(out)
-        return mean, self.covariance_from_outputs(out, out), noise_std**2
+        return mean, self.covariance_from_outputs(out, out, state), noise_std**2
 
-    def covariance_from_outputs(self, out_a: Tensor, out_b: Tensor) -> Tensor:
+    def covariance_from_outputs(self, out_a: Tensor, out_b: Tensor, state: Any = None) -> Tensor:
         """Function covariance ``batch_shape x m x p`` between the targets whose head outputs are
         ``out_a`` (``... x m x num_out``) and ``out_b`` (``... x p x num_out``; batch shapes
         broadcast): the block of the joint covariance of all ``m + p`` targets that
         ``moments_from_outputs`` of their concatenation would give, computed alone (``m p``
-        entries, not ``(m + p)^2``)."""
+        entries, not ``(m + p)^2``). Here the correlation is the head's own (``state`` is not
+        read); ``CMANP`` with ``hypothesis_residual`` takes it from its hypothesis memory."""
         r = self.cfg.joint_rank
         f_a, f_b = self._std(out_a[..., 1]), self._std(out_b[..., 1])
         z_a, z_b = out_a[..., 3 : 3 + r], out_b[..., 3 : 3 + r]

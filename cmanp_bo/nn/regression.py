@@ -40,6 +40,8 @@ from cmanp_bo.priors.bo import lengthscale_hypotheses, scaled_kernel
 MIN_NOISE = 1e-4
 # Added to variances before their log is taken.
 LOG_FLOOR = 1e-6
+# Least variance a correlation is divided by (float64; far below any posterior variance).
+CORRELATION_FLOOR = 1e-20
 
 
 def readout_width(num_banks: int) -> int:
@@ -617,6 +619,93 @@ class HypothesisMemory(_StreamedStatistics):
         noise = noise[..., None].expand_as(avg_mean)
         parts = [avg_mean, 0.5 * (avg_var + LOG_FLOOR).log(), 0.5 * noise.log()]
         return torch.stack(parts, -1).to(x.dtype)
+
+    # ------------------------------------------------------------------ joint covariance
+    def _kept_feature_components(self, stats: RegressionStats, num_points: int) -> tuple:
+        """The random-feature posterior's heaviest ``EXACT_COMPONENTS`` (ratio, bank)
+        components per task, as ``_exact_posterior`` keeps them: factors of ``G + r I``,
+        ``A^{-1} M``, weights, coefficients ``E[r s]`` (renormalised) and bank indices."""
+        chol, alpha, w_rb, noise_w = self._posterior(stats, num_points)
+        batch, (n_r, n_b), m = w_rb.shape[:-2], w_rb.shape[-2:], chol.shape[-1]
+        top, idx = w_rb.flatten(-2).topk(min(self.EXACT_COMPONENTS, n_r * n_b), -1)
+        top = top * (top >= self.EXACT_MIN_WEIGHT * top[..., :1])
+        total = top.sum(-1, keepdim=True)
+        coef = noise_w.flatten(-2).gather(-1, idx) * (top > 0) / total
+        flat_chol = chol.expand(*batch, n_r, n_b, m, m).flatten(-4, -3)
+        chol_k = flat_chol.gather(-3, idx[..., None, None].expand(*idx.shape, m, m))
+        flat_alpha = alpha.expand(*batch, n_r, n_b, m).flatten(-3, -2)
+        alpha_k = flat_alpha.gather(-2, idx[..., None].expand(*idx.shape, m))
+        return chol_k, alpha_k, top / total, coef, idx % n_b
+
+    def _component_terms(self, stats: RegressionStats, num_points: int, x: Tensor, cache):
+        """Per kept component at ``x`` (``b' x t x d``): ``(exact, mean, half, z, weight,
+        coef, matern)`` with ``mean`` ``b' x k x t``, ``half = L^{-1} k(X, x)`` (or
+        ``L^{-1} phi(x)``) ``b' x k x n x t`` and ``z`` the inputs over the lengthscales
+        (exact only)."""
+        x = x.double()
+        if getattr(stats, "x", None) is not None and num_points > 0:
+            n = stats.x.shape[-2]
+            post = _cached_posterior(self, "hypothesis-exact", stats, n, cache, "_exact_posterior")
+            chol, alpha, weight, coef, ls, matern, _, xc = post
+            scaled = ls.unsqueeze(-2)
+            z, zc = x.unsqueeze(-3) / scaled, xc.unsqueeze(-3) / scaled
+            m = matern[..., None, None]
+            basis = torch.where(m, scaled_kernel("matern", z, zc), scaled_kernel("rbf", z, zc)) + 1
+            exact = True
+        else:
+            post = _cached_posterior(
+                self, "hypothesis-kept", stats, num_points, cache, "_kept_feature_components"
+            )
+            chol, alpha, weight, coef, bank = post
+            freq, phase = self.frequencies[bank], self.phases[bank]  # b x k x d x m, b x k x 1 x m
+            proj = x.unsqueeze(-3) @ freq + phase
+            phi = math.sqrt(2.0 / freq.shape[-1]) * torch.cos(proj)
+            basis = torch.cat([phi, torch.ones_like(phi[..., :1])], -1)  # b' x k x t x m
+            z, matern, exact = None, None, False
+        mean = (basis @ alpha.unsqueeze(-1)).squeeze(-1)
+        half = torch.linalg.solve_triangular(chol, basis.transpose(-1, -2), upper=False)
+        return exact, mean, half, z, weight, coef, matern
+
+    def readout_correlation(
+        self,
+        stats: RegressionStats,
+        num_points: int,
+        x_a: Tensor,
+        x_b: Tensor,
+        cache: dict | None = None,
+    ) -> Tensor:
+        """Correlation ``b x t_a x t_b`` of the function between ``x_a`` and ``x_b`` under the
+        memory's mixture (its kept components, exact or on the random features; the mixture's
+        covariance, means' spread included, over the product of its stds): positive
+        semi-definite, 1 at equal points."""
+        ta = self._component_terms(stats, num_points, x_a, cache)
+        tb = self._component_terms(stats, num_points, x_b, cache)
+        exact, weight, coef, matern = ta[0], ta[4], ta[5], ta[6]
+        c = coef[..., None, None]
+
+        def spread(mean: Tensor) -> Tensor:  # b' x k x t, deviation from the mixture's mean
+            return mean - (weight.unsqueeze(-1) * mean).sum(-2, keepdim=True)
+
+        def variance(terms) -> Tensor:
+            quad = terms[2].pow(2).sum(-2)
+            comp = (2.0 - quad).clamp_min(0) if exact else quad
+            dev = spread(terms[1])
+            return (coef.unsqueeze(-1) * comp).sum(-2) + (weight.unsqueeze(-1) * dev.pow(2)).sum(-2)
+
+        cross = ta[2].transpose(-1, -2) @ tb[2]  # b' x k x t_a x t_b
+        if exact:
+            m = matern[..., None, None]
+            za, zb = ta[3], tb[3]
+            kern = torch.where(m, scaled_kernel("matern", za, zb), scaled_kernel("rbf", za, zb))
+            comp = kern + 1.0 - cross
+        else:
+            comp = cross
+        dev_a, dev_b = spread(ta[1]), spread(tb[1])
+        spread_ab = dev_a.unsqueeze(-1) * dev_b.unsqueeze(-2)
+        cov = (c * comp).sum(-3) + (weight[..., None, None] * spread_ab).sum(-3)
+        floor = CORRELATION_FLOOR
+        std_a, std_b = variance(ta).clamp_min(floor).sqrt(), variance(tb).clamp_min(floor).sqrt()
+        return cov / (std_a.unsqueeze(-1) * std_b.unsqueeze(-2))
 
 
 __all__ = [

@@ -295,3 +295,76 @@ def test_residual_network_with_a_zero_head_is_its_hypothesis_readout(tmp_path):
         assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="hypothesis_residual needs"):
         memory_net("hypothesis", joint_head=False, hypothesis_residual=True)
+
+
+def residual_net(exact_points=30, seed=4, **kw):
+    return exact_net(exact_points, seed=seed, hypothesis_residual=True, **kw)
+
+
+def test_exact_readout_correlation_is_the_hypothesis_averaged_gps():
+    """The mixture's joint covariance over targets, normalised: ``HypothesisAveragedGP``'s
+    moment-matched joint covariance on the same hypotheses, as a correlation."""
+    from cmanp_bo.hypothesis_gp import HypothesisAveragedGP
+    from cmanp_bo.nn.regression import HypothesisMemory
+
+    memory = HypothesisMemory(3, 12, 8, seed=1, short_share=0.5, exact_points=64)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(20, 3, generator=g, dtype=torch.float64)
+    y = torch.cos(5 * x).sum(-1, keepdim=True)
+    y = (y - y.mean()) / y.std()
+    xq = torch.rand(7, 3, generator=g, dtype=torch.float64)
+    stats = memory.stats(x, y, torch.Size([]))
+    corr = memory.readout_correlation(stats, 20, xq[:4], xq)
+    gp = HypothesisAveragedGP(x, y, hypotheses=memory.lengthscales, max_components=32)
+    _, cov = gp.moments(xq)
+    std = torch.diagonal(cov).sqrt()
+    assert torch.allclose(corr, (cov / std[:, None] / std[None, :])[:4], atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [12, 40])  # exact, then the random features
+def test_residual_covariance_is_a_consistent_correlation_of_the_network_stds(n):
+    net = residual_net(30)
+    x, y, xq = cube_data(n, torch.float64)
+    state = net.encode(x, y)
+    a, b = xq[:, :3], xq[:, 3:8]
+    out_a, out_b = net.head_outputs(state, a), net.head_outputs(state, b)
+    _, cov, _ = net.moments_from_outputs(torch.cat([out_a, out_b], -2), state)
+    cross = net.covariance_from_outputs(out_a, out_b, state)
+    assert torch.allclose(cross, cov[..., :3, 3:], rtol=0, atol=1e-12)
+    mean, joint, noise = net.joint_moments(state, xq)
+    marginal = net.predict(state, xq)
+    var = torch.diagonal(joint, dim1=-2, dim2=-1)
+    assert torch.allclose(var + noise, marginal.variance.squeeze(-1), rtol=1e-6)
+    assert torch.linalg.eigvalsh(joint).min() > -1e-9 * var.max()
+    # the memory's mixture correlates nearby targets more than distant ones
+    near = torch.cat([xq[:, :1], xq[:, :1] + 0.01, xq[:, :1].flip(-1).mul(-1).add(1)], -2)
+    corr = net.hypothesis.readout_correlation(state.hypothesis, n, near, near)
+    assert (corr[:, 0, 1] > 0.9).all() and (corr[:, 0, 1] > corr[:, 0, 2]).all()
+    with pytest.raises(ValueError, match="needs the context state"):
+        net.covariance_from_outputs(out_a, out_b)
+
+
+def test_residual_network_posterior_in_botorch_caches_the_baseline_exactly():
+    """qLogNEI on a residual network: the cached-baseline blocks equal the full computation,
+    and the gradients reach the candidates."""
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+    from botorch.sampling import SobolQMCNormalSampler
+
+    from cmanp_bo import CMANPModel
+
+    net = residual_net(30, dim_x=3)
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(16, 3, generator=g, dtype=torch.float64)
+    Y = torch.sin(5 * X).sum(-1, keepdim=True)
+    cand = torch.rand(4, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    values = []
+    for cache in (True, False):
+        model = CMANPModel(X, Y, checkpoint=net, cache_baseline=cache)
+        acqf = qLogNoisyExpectedImprovement(
+            model, X_baseline=X, sampler=SobolQMCNormalSampler(torch.Size([64]), seed=3),
+            prune_baseline=False,
+        )  # fmt: skip
+        values.append(acqf(cand))
+    assert torch.allclose(values[0], values[1], rtol=1e-5, atol=0)
+    (grad,) = torch.autograd.grad(values[0].sum(), cand)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
