@@ -561,10 +561,10 @@ class HypothesisMemory(_StreamedStatistics):
         batch = torch.broadcast_shapes(xc.shape[:-2], yc.shape[:-2])
         xc, yc = xc.expand(*batch, -1, -1), yc.expand(*batch, -1, -1)
         n, hyps = xc.shape[-2], self.lengthscales.shape[0]
-        ls = self.lengthscales
+        ls = self.lengthscales.double()  # a float32 network casts its buffers
         z = xc.unsqueeze(-3) / ls[:, None, :]  # b x K x n x d
         kcc = torch.cat([scaled_kernel(kind, z, z) for kind in HYPOTHESIS_KERNELS], -3) + 1.0
-        r, s = self.ratios, self.scales
+        r, s = self.ratios.double(), self.scales.double()
         eye = torch.eye(n, dtype=torch.float64, device=xc.device)
         cov = kcc.unsqueeze(-4) + r[:, None, None, None] * eye  # b x R x B x n x n
         chol, info = torch.linalg.cholesky_ex(cov)
@@ -657,7 +657,7 @@ class HypothesisMemory(_StreamedStatistics):
                 self, "hypothesis-kept", stats, num_points, cache, "_kept_feature_components"
             )
             chol, alpha, weight, coef, bank = post
-            freq, phase = self.frequencies[bank], self.phases[bank]  # b x k x d x m, b x k x 1 x m
+            freq, phase = self.frequencies.double()[bank], self.phases.double()[bank]
             proj = x.unsqueeze(-3) @ freq + phase
             phi = math.sqrt(2.0 / freq.shape[-1]) * torch.cos(proj)
             basis = torch.cat([phi, torch.ones_like(phi[..., :1])], -1)  # b' x k x t x m

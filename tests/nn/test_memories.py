@@ -342,6 +342,13 @@ def test_residual_covariance_is_a_consistent_correlation_of_the_network_stds(n):
     assert (corr[:, 0, 1] > 0.9).all() and (corr[:, 0, 1] > corr[:, 0, 2]).all()
     with pytest.raises(ValueError, match="needs the context state"):
         net.covariance_from_outputs(out_a, out_b)
+    # a float32 network (its buffers cast) gives the same moments in float32
+    net32 = residual_net(30).float()
+    state32 = net32.encode(x.float(), y.float())
+    mean32, joint32, _ = net32.joint_moments(state32, xq.float())
+    assert joint32.dtype == torch.float32
+    assert torch.allclose(mean32.double(), mean, atol=1e-4)
+    assert torch.allclose(joint32.double(), joint, atol=1e-4 * joint.abs().max())
 
 
 def test_residual_network_posterior_in_botorch_caches_the_baseline_exactly():
