@@ -9,7 +9,9 @@ whether the memory alone refines where the decoder does not.
 
 ``exact``: the same hypotheses in ``cmanp_bo.hypothesis_gp.HypothesisAveragedGP`` (kernel form, no
 random features); ``short_every=k``: every k-th hypothesis 16 times shorter (exact mode only);
-``features``: random features per hypothesis and kernel.
+``features``: random features per hypothesis and kernel. ``bank_dim=D`` (exact mode only): the
+hypotheses drawn from the hyperprior of D dimensions, as a network padded to ``dim_x = D`` draws
+its bank, and their first d entries used (stop 35: the d = 3..6 networks' banks are D = 6 draws).
 
 Runs the standard suite's replications (same problems, budgets, paired Sobol designs, qLogNEI with
 the suite's settings) with this model, and writes one JSON per run to ``--out``.
@@ -87,18 +89,22 @@ def make_surrogate_class():
             features=64,
             exact=False,
             short_every=0,
+            bank_dim=None,
         ):
             super().__init__(dim, seed, acquisition)
             self.warp = warp
             self.exact = exact
-            self.memory = HypothesisMemory(dim, hypotheses, features, seed=0)
+            if bank_dim is not None and not exact:
+                raise ValueError("bank_dim needs exact=true")
+            self.memory = HypothesisMemory(bank_dim or dim, hypotheses, features, seed=0)
             if short_every:  # every k-th hypothesis 16 times shorter (the training prior's)
                 self.memory.lengthscales[::short_every] /= 16.0
+            self.lengthscales = self.memory.lengthscales[:, :dim]
 
         def ask(self, X, y):
             Y = warp_outcomes(-y, self.warp)[:, None]
             if self.exact:  # the same hypotheses, exact (cmanp_bo.hypothesis_gp)
-                model = HypothesisAveragedGP(X, Y, hypotheses=self.memory.lengthscales)
+                model = HypothesisAveragedGP(X, Y, hypotheses=self.lengthscales)
             else:
                 model = MemoryBMAModel(X, Y, self.memory)
             return self._optimize(model, X, y)
