@@ -247,34 +247,24 @@ def stages(
     hyp = dict(model=HYPOTHESIS, eval_every=1000, **NEAR)
     d36_hyp_pilot = fine_tune(2, 6, 3000, seed=4, start="bo-d36-reg", **hyp)
     d36_hyp = fine_tune(2, 6, 9000, seed=5, start="bo-d36-hyp-pilot", **{**hyp, "eval_every": 3000})
-    # stage 19: no step, whatever --scale (the redraw is the whole stage)
-    d36_hyp64 = replace(
-        fine_tune(2, 6, 0, seed=5, start="bo-d36-hyp", **{**hyp, "model": HYPOTHESIS64}), steps=0
-    )
+
+    def redrawn(start: str, seed: int, model: dict) -> TrainConfig:
+        """Stage ``start`` with its hypothesis bank redrawn (or read out otherwise) as ``model``
+        says: no step, whatever --scale (the redraw is the whole stage; stages 19, 21, 23, 25)."""
+        return replace(
+            fine_tune(2, 6, 0, seed=seed, start=start, **{**hyp, "model": model}), steps=0
+        )
+
+    d36_hyp64 = redrawn("bo-d36-hyp", 5, HYPOTHESIS64)
     short = {**hyp, "model": HYPOTHESIS_SHORT}
     d36_hyp_short = fine_tune(2, 6, 3000, seed=15, start="bo-d36-hyp", **short)
-    d36_hyp_short64 = replace(
-        fine_tune(
-            2, 6, 0, seed=15, start="bo-d36-hyp-short", **{**hyp, "model": HYPOTHESIS_SHORT64}
-        ),
-        steps=0,
-    )
+    d36_hyp_short64 = redrawn("bo-d36-hyp-short", 15, HYPOTHESIS_SHORT64)
     exact = {**hyp, "model": HYPOTHESIS_SHORT_EXACT}
     d36_hyp_exact = fine_tune(2, 6, 2000, seed=16, start="bo-d36-hyp-short", **exact)
-    d36_hyp_exact64 = replace(
-        fine_tune(
-            2, 6, 0, seed=16, start="bo-d36-hyp-exact", **{**hyp, "model": HYPOTHESIS_SHORT64_EXACT}
-        ),
-        steps=0,
-    )
+    d36_hyp_exact64 = redrawn("bo-d36-hyp-exact", 16, HYPOTHESIS_SHORT64_EXACT)
     resid = {**hyp, "model": HYPOTHESIS_RESIDUAL}
     d36_hyp_resid = fine_tune(2, 6, 2000, seed=17, start="bo-d36-hyp-short", **resid)
-    d36_hyp_resid64 = replace(
-        fine_tune(
-            2, 6, 0, seed=17, start="bo-d36-hyp-resid", **{**hyp, "model": HYPOTHESIS_RESIDUAL64}
-        ),
-        steps=0,
-    )
+    d36_hyp_resid64 = redrawn("bo-d36-hyp-resid", 17, HYPOTHESIS_RESIDUAL64)
     d2_reg = replace(
         d2,
         steps=steps(16000),

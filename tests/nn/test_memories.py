@@ -182,6 +182,15 @@ def exact_net(exact_points=30, **kw):
     return memory_net("hypothesis", hypothesis_exact_points=exact_points, **kw)
 
 
+def standardised_context(dim: int, n: int, targets: int, seed: int):
+    """``n x dim`` inputs with standardised smooth outputs, and ``targets x dim`` queries."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, dim, generator=g, dtype=torch.float64)
+    y = torch.sin(6 * x).sum(-1, keepdim=True)
+    xq = torch.rand(targets, dim, generator=g, dtype=torch.float64)
+    return x, (y - y.mean()) / y.std(), xq
+
+
 def test_exact_readout_is_the_hypothesis_averaged_gp_on_the_same_hypotheses():
     """Kernel form of the same average: ``HypothesisAveragedGP`` with the memory's lengthscale
     vectors, its pruning rule and component count, on an already standardised context."""
@@ -189,11 +198,7 @@ def test_exact_readout_is_the_hypothesis_averaged_gp_on_the_same_hypotheses():
     from cmanp_bo.nn.regression import LOG_FLOOR, HypothesisMemory
 
     memory = HypothesisMemory(4, 16, 8, seed=3, short_share=0.5, exact_points=64)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(25, 4, generator=g, dtype=torch.float64)
-    y = torch.sin(6 * x).sum(-1, keepdim=True)
-    y = (y - y.mean()) / y.std()
-    xq = torch.rand(11, 4, generator=g, dtype=torch.float64)
+    x, y, xq = standardised_context(4, 25, 11, seed=0)
     stats = memory.stats(x, y, torch.Size([]))
     assert stats.x.shape == (25, 4) and stats.y.shape == (25, 1)
     out = memory.readout(stats, 25, xq)
@@ -308,11 +313,7 @@ def test_exact_readout_correlation_is_the_hypothesis_averaged_gps():
     from cmanp_bo.nn.regression import HypothesisMemory
 
     memory = HypothesisMemory(3, 12, 8, seed=1, short_share=0.5, exact_points=64)
-    g = torch.Generator().manual_seed(5)
-    x = torch.rand(20, 3, generator=g, dtype=torch.float64)
-    y = torch.cos(5 * x).sum(-1, keepdim=True)
-    y = (y - y.mean()) / y.std()
-    xq = torch.rand(7, 3, generator=g, dtype=torch.float64)
+    x, y, xq = standardised_context(3, 20, 7, seed=5)
     stats = memory.stats(x, y, torch.Size([]))
     corr = memory.readout_correlation(stats, 20, xq[:4], xq)
     gp = HypothesisAveragedGP(x, y, hypotheses=memory.lengthscales, max_components=32)
