@@ -91,8 +91,9 @@ def main() -> None:
     p.add_argument(
         "--weights-from",
         metavar="NAME",
-        help="the shipped checkpoint whose learned weights a run without training steps carries "
-        "unchanged (recipe stage 19 redraws only the hypothesis bank); checked tensor by tensor",
+        help="the shipped checkpoint (or a training run's folder) whose learned weights a run "
+        "without training steps carries unchanged (recipe stages 19, 21, 23 and 25 redraw only "
+        "the hypothesis bank); checked tensor by tensor",
     )
     args = p.parse_args()
 
@@ -123,13 +124,23 @@ def main() -> None:
             "message": args.known_weakness[1],
         }
     if args.weights_from:
-        source = load_checkpoint(PRETRAINED / f"{args.weights_from}.pt").state_dict()
+        run = Path(args.weights_from)
+        path = run / "model.pt" if run.is_dir() else PRETRAINED / f"{args.weights_from}.pt"
+        source = load_checkpoint(path).state_dict()
+        source_card = read_card(path)
         for key, value in net.state_dict().items():
             if key.startswith("hypothesis."):
                 continue
             if key not in source or not torch.equal(value, source[key]):
                 p.error(f"{key} differs from {args.weights_from}'s: the weights are not its own")
-        card["weights_from"] = args.weights_from
+        if run.is_dir():  # an unshipped run: its provenance goes into the card
+            card["weights_from"] = {
+                "run": str(run),
+                **{k: source_card.get(k) for k in ("sha256", "steps", "wall_time_s", "hardware")},
+                "init_from": source_card.get("init_from"),
+            }
+        else:
+            card["weights_from"] = args.weights_from
     elif card.get("steps", 0) < 1:
         p.error("the run took no training steps: name the checkpoint it carries, --weights-from")
     for key in ("format", "file", "sha256", "arch", "config", "num_parameters"):

@@ -50,3 +50,17 @@ def test_a_redrawn_bank_ships_with_the_weights_it_carries(ship, tmp_path, capsys
     assert card["weights_from"] == "src" and card["steps"] == 0
     assert card["config"]["hypothesis_count"] == 5
     assert not (tmp_path / "results" / "dense_curve.csv").exists()  # no curve to write
+
+
+def test_weights_from_an_unshipped_run_record_its_provenance(ship, tmp_path):
+    trained = reg_net(torch.float32, hypothesis_count=3, hypothesis_features=6, seed=1)
+    source = tmp_path / "source-run"
+    save_checkpoint(trained, source / "model.pt", {"steps": 10, "wall_time_s": 5.0, "note": "t"})
+    redrawn = reg_net(torch.float32, hypothesis_count=5, hypothesis_features=9, seed=3)
+    _warm_start(redrawn, TrainConfig(init_from=str(source / "model.pt")))
+    run = tmp_path / "run"
+    save_checkpoint(redrawn, run / "model.pt", {"steps": 0, "heldout_curve": []})
+    ship(str(run), "--name", "dense", "--command", "x", "--weights-from", str(source))
+    card = read_card(tmp_path / "pretrained" / "dense.pt")
+    assert card["weights_from"]["run"] == str(source)
+    assert card["weights_from"]["steps"] == 10 and card["weights_from"]["wall_time_s"] == 5.0
