@@ -107,6 +107,11 @@ ALTERNATIVES = {
     # 16 times shorter, 3000 steps; its run folder's model.pt, not shipped), seeds 0-9 of the 4
     # problems where the networks are behind gp (``versus_hyp``)
     "standard_bo_d3_6_hyp_short_rank": ("versus_bo_d3_6_reg_rank", BO_D3_6_REG, {"warp": "rank"}),
+    # stop 35: recipe stage 25 (bo-d36-hyp-resid64: the residual network, its readout exact up
+    # to 128 points; shipped opt-in as bo-d3-6-resid) without the warp, all 10 problems (d = 2
+    # too), 20 seeds, with the standard database's gp and sobol runs and the hyp-gp runs copied
+    # in; against the default networks on the warp (the suite's cmanp)
+    "standard_bo_d3_6_resid": ("versus_default_rank", UNWARPED, {"warp": "rank"}),
     # stop 23: the default networks on the Yeo-Johnson warp (``warp="power"``), all 10
     # problems, against the same networks on the copula warp (the suite's setting)
     "standard_power": ("versus_rank", UNWARPED, {"warp": "rank"}),
@@ -554,6 +559,8 @@ def main() -> None:
                 summary[alt]["versus_hyp"] = versus_db(db, hyp)
             if alt == "standard_trust":
                 summary[alt]["final_side"] = trust_final_side(db)
+            if alt == "standard_bo_d3_6_resid":  # and the exact average it corrects
+                summary[alt]["versus_hyp_gp"] = versus(db, others=("hyp-gp",))
             if alt == "standard_ax_optimizer":  # gp's own runs against the suite's gp runs
                 summary[alt]["gp_versus_suite_optimizer"] = versus_db(db, standard, model="gp")
     for alt in LONG_ALTERNATIVES:
