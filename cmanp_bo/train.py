@@ -313,7 +313,12 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
 
 
 _REGRESSION_FIELDS = ("regression_features", "regression_lengthscales", "regression_noise")
-_HYPOTHESIS_FIELDS = ("hypothesis_count", "hypothesis_features", "hypothesis_short_share")
+_HYPOTHESIS_FIELDS = (
+    "hypothesis_count",
+    "hypothesis_features",
+    "hypothesis_short_share",
+    "hypothesis_prior_dim",
+)
 
 
 def _source_network(path: str) -> NeuralProcess:

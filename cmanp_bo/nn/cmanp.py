@@ -84,6 +84,8 @@ class CMANPConfig:
             The function's correlation between targets is then the memory's mixture's
             (``HypothesisMemory.readout_correlation``), not the head's learned one.
             Needs ``hypothesis_count`` and ``joint_head``.
+        hypothesis_prior_dim: draw the hypothesis bank from the lengthscale hyperprior of this
+            many dimensions (0: ``dim_x``'s; ``HypothesisMemory(prior_dim=...)``).
     """
 
     dim_x: int = 1
@@ -109,6 +111,7 @@ class CMANPConfig:
     hypothesis_short_share: float = 0.0
     hypothesis_exact_points: int = 0
     hypothesis_residual: bool = False
+    hypothesis_prior_dim: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -146,7 +149,12 @@ class CMANPConfig:
             raise ValueError(f"CMANPConfig.fourier_scale must be > 0, got {self.fourier_scale!r}")
         if not self.min_std > 0:
             raise ValueError(f"CMANPConfig.min_std must be > 0, got {self.min_std!r}")
-        for name in ("regression_features", "hypothesis_count", "hypothesis_exact_points"):
+        for name in (
+            "regression_features",
+            "hypothesis_count",
+            "hypothesis_exact_points",
+            "hypothesis_prior_dim",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"CMANPConfig.{name} must be an int >= 0, got {value!r}")
@@ -307,6 +315,7 @@ class CMANP(NeuralProcess):
                 cfg.hypothesis_features,
                 short_share=cfg.hypothesis_short_share,
                 exact_points=cfg.hypothesis_exact_points,
+                prior_dim=cfg.hypothesis_prior_dim,
             )
             if cfg.hypothesis_count
             else None

@@ -421,6 +421,10 @@ class HypothesisMemory(_StreamedStatistics):
         short_share: share of the hypotheses divided by ``short_factor`` (evenly spread;
             ``cmanp_bo.priors.bo.lengthscale_hypotheses``), to match a training prior that
             shortens that share of its tasks (``BOPriorSampler(short_share=...)``).
+        prior_dim: draw the hypotheses from the hyperprior of this many dimensions instead
+            of ``dim_x``'s (0: ``dim_x``): the same draws times ``sqrt(prior_dim / dim_x)``, as
+            the hyperprior's median grows as ``sqrt(d)``. A network padded to ``dim_x`` inputs
+            draws its bank for ``dim_x``, too long for a task of fewer dimensions.
         exact_points: while the context holds at most this many points, the state keeps them
             too and the readout is the same average computed exactly, in kernel form (an
             ``n x n`` factor per bank and ratio; ``exact_readout``), instead of on the random
@@ -442,15 +446,20 @@ class HypothesisMemory(_StreamedStatistics):
         short_share: float = 0.0,
         short_factor: float = 16.0,
         exact_points: int = 0,
+        prior_dim: int = 0,
     ) -> None:
         super().__init__()
         if hypotheses < 1 or num_features < 1:
             raise ValueError("need hypotheses >= 1 and num_features >= 1")
         if exact_points < 0:
             raise ValueError(f"exact_points must be >= 0, got {exact_points!r}")
+        if prior_dim < 0:
+            raise ValueError(f"prior_dim must be >= 0, got {prior_dim!r}")
         self.exact_points = exact_points
         gen = torch.Generator().manual_seed(seed)
         ls = lengthscale_hypotheses(dim_x, hypotheses, short_share, short_factor, gen)
+        if prior_dim:  # the same draws from the hyperprior of prior_dim dimensions
+            ls = ls * math.sqrt(prior_dim / dim_x)
         freqs, phases = [], []
         for kind in HYPOTHESIS_KERNELS:
             z = torch.randn(hypotheses, dim_x, num_features, generator=gen)

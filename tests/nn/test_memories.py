@@ -376,3 +376,28 @@ def test_residual_network_posterior_in_botorch_caches_the_baseline_exactly():
     assert torch.allclose(values[0], values[1], rtol=1e-5, atol=0)
     (grad,) = torch.autograd.grad(values[0].sum(), cand)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_a_bank_drawn_for_fewer_dimensions_is_the_same_draws_shorter(tmp_path):
+    """``prior_dim``: the hyperprior of d dimensions (median lengthscale proportional to
+    sqrt(d)), the same normal draws; a warm start that changes it redraws the bank only."""
+    from cmanp_bo.checkpoint import save_checkpoint
+    from cmanp_bo.nn.regression import HypothesisMemory
+    from cmanp_bo.train import TrainConfig, _warm_start
+
+    full = HypothesisMemory(6, 8, 5, seed=2, short_share=0.5)
+    three = HypothesisMemory(6, 8, 5, seed=2, short_share=0.5, prior_dim=3)
+    assert torch.allclose(three.lengthscales, full.lengthscales * 0.5**0.5)
+    assert torch.allclose(three.frequencies, full.frequencies / 0.5**0.5)
+    assert torch.equal(three.phases, full.phases)
+    source = memory_net("hypothesis", torch.float32)
+    save_checkpoint(source, tmp_path / "src.pt", {"note": "test"})
+    target = memory_net("hypothesis", torch.float32, seed=7, hypothesis_prior_dim=2)
+    _warm_start(target, TrainConfig(init_from=str(tmp_path / "src.pt")))
+    for key, value in source.state_dict().items():
+        if not key.startswith("hypothesis."):
+            assert torch.equal(target.state_dict()[key], value), key
+    ratio = target.hypothesis.frequencies / source.hypothesis.frequencies
+    assert torch.allclose(ratio, torch.full_like(ratio, (3 / 2) ** 0.5))
+    with pytest.raises(ValueError, match="prior_dim"):
+        HypothesisMemory(2, 2, 4, prior_dim=-1)
