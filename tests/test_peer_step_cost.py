@@ -46,7 +46,9 @@ def test_times_each_network_in_its_own_process_with_the_steps_own_peak(tmp_path)
         fixed = sum(parts[:3]) + psc.FIXED_CALLS * parts[3]
         assert rep["fixed_calls_s"] == pytest.approx(fixed)
         # the peak was reset just before the timed step: at least the RSS then
-        assert rep["step_peak_mb"] >= rep["rss_before_mb"] > 100
+        # Linux syncs its per-thread RSS counters lazily, so the peak read after the step can
+        # trail the RSS read just after the reset by a fraction of a MB (seen: 0.13 MB)
+        assert rep["step_peak_mb"] >= rep["rss_before_mb"] - 1.0 and rep["rss_before_mb"] > 100
         assert rep["step_extra_mb"] == pytest.approx(rep["step_peak_mb"] - rep["rss_before_mb"])
     with pytest.raises(SystemExit, match="at least 2"):
         psc.main([*argv[:5], "1", *argv[6:]])
