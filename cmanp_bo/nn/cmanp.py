@@ -371,8 +371,9 @@ class CMANP(NeuralProcess):
         if state is None:
             raise ValueError("a hypothesis_residual network's covariance needs the context state")
         d = self.cfg.dim_x
+        x_b = None if out_b is out_a else out_b[..., -d:]  # one set of targets: its terms once
         corr = self.hypothesis.readout_correlation(
-            state.hypothesis, state.num_points, out_a[..., -d:], out_b[..., -d:], state._cache
+            state.hypothesis, state.num_points, out_a[..., -d:], x_b, state._cache
         ).to(out_a.dtype)
         f_a, f_b = self._std(out_a[..., 1]), self._std(out_b[..., 1])
         return f_a.unsqueeze(-1) * corr * f_b.unsqueeze(-2)

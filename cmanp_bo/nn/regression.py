@@ -148,6 +148,27 @@ def _cached_posterior(
     return post
 
 
+def _keep_heaviest(
+    weights: Tensor, coef: Tensor, count: int, min_share: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``count`` heaviest of ``weights`` (``batch x C``) with at least ``min_share`` of the
+    heaviest one's weight: their indices, weights and ``coef`` renormalised over the kept
+    ones (dropped slots: weight and coefficient 0)."""
+    top, idx = weights.topk(min(count, weights.shape[-1]), -1)
+    top = top * (top >= min_share * top[..., :1])
+    total = top.sum(-1, keepdim=True)
+    return idx, top / total, coef.gather(-1, idx) * (top > 0) / total
+
+
+def _gather_components(values: Tensor, idx: Tensor, trailing: int) -> Tensor:
+    """``values`` (``batch x C x ...`` with ``trailing`` trailing dims) at the component
+    indices ``idx`` (``batch x k``)."""
+    shape = values.shape[-trailing:]
+    return values.gather(
+        -1 - trailing, idx.reshape(*idx.shape, *(1,) * trailing).expand(*idx.shape, *shape)
+    )
+
+
 class _StreamedStatistics(nn.Module):
     """What every memory shares: statistics of ``features`` (``banks x m`` per point) summed
     over the context. Subclasses define ``features``, ``num_banks`` and ``num_features``."""
@@ -592,15 +613,11 @@ class HypothesisMemory(_StreamedStatistics):
         w = torch.softmax(log_ev.flatten(-3), -1).reshape(shape)
         w_rb, sw_rb = w.sum(-2).flatten(-2), (w * s_).sum(-2)  # b x RB, b x R x B
         noise = (sw_rb * r[:, None]).sum((-2, -1))  # b
-        k = min(self.EXACT_COMPONENTS, w_rb.shape[-1])
-        top, idx = w_rb.topk(k, -1)  # b x k
-        top = top * (top >= self.EXACT_MIN_WEIGHT * top[..., :1])
-        total = top.sum(-1, keepdim=True)
-        weight, sig = top / total, sw_rb.flatten(-2).gather(-1, idx) / total
-        sig = sig * (top > 0)
-        flat_chol = chol.flatten(-4, -3)  # b x RB x n x n
-        chol_k = flat_chol.gather(-3, idx[..., None, None].expand(*idx.shape, n, n))
-        alpha_k = alpha.squeeze(-1).flatten(-3, -2).gather(-2, idx[..., None].expand(*idx.shape, n))
+        idx, weight, sig = _keep_heaviest(
+            w_rb, sw_rb.flatten(-2), self.EXACT_COMPONENTS, self.EXACT_MIN_WEIGHT
+        )
+        chol_k = _gather_components(chol.flatten(-4, -3), idx, 2)  # b x k x n x n
+        alpha_k = _gather_components(alpha.squeeze(-1).flatten(-3, -2), idx, 1)
         bank = idx % (len(HYPOTHESIS_KERNELS) * hyps)
         matern = bank >= hyps  # HYPOTHESIS_KERNELS' order: rbf banks, then matern
         return chol_k, alpha_k, weight, sig, ls[bank % hyps], matern, noise, xc
@@ -611,15 +628,8 @@ class HypothesisMemory(_StreamedStatistics):
         evidence over the ratio and scale grids; the heaviest ``EXACT_COMPONENTS`` components
         per task are kept (at least ``EXACT_MIN_WEIGHT`` of the heaviest), renormalised."""
         n = stats.x.shape[-2]
-        post = _cached_posterior(self, "hypothesis-exact", stats, n, cache, "_exact_posterior")
-        chol, alpha, weight, sig, ls, matern, noise, xc = post
-        scaled = ls.unsqueeze(-2)  # b x k x 1 x d
-        zt = x.double().unsqueeze(-3) / scaled  # b' x k x t x d
-        zc = xc.unsqueeze(-3) / scaled  # b x k x n x d
-        m = matern[..., None, None]
-        ktc = torch.where(m, scaled_kernel("matern", zt, zc), scaled_kernel("rbf", zt, zc)) + 1.0
-        mean = (ktc @ alpha.unsqueeze(-1)).squeeze(-1)  # b' x k x t
-        half = torch.linalg.solve_triangular(chol, ktc.transpose(-1, -2), upper=False)
+        noise = _cached_posterior(self, "hypothesis-exact", stats, n, cache, "_exact_posterior")[6]
+        _, mean, half, _, weight, sig, _ = self._component_terms(stats, n, x, cache)
         var_k = (2.0 - half.pow(2).sum(-2)).clamp_min(0)  # unit kernel + 1 at the target
         w = weight.unsqueeze(-1)
         avg_mean = (w * mean).sum(-2)
@@ -636,15 +646,12 @@ class HypothesisMemory(_StreamedStatistics):
         ``A^{-1} M``, weights, coefficients ``E[r s]`` (renormalised) and bank indices."""
         chol, alpha, w_rb, noise_w = self._posterior(stats, num_points)
         batch, (n_r, n_b), m = w_rb.shape[:-2], w_rb.shape[-2:], chol.shape[-1]
-        top, idx = w_rb.flatten(-2).topk(min(self.EXACT_COMPONENTS, n_r * n_b), -1)
-        top = top * (top >= self.EXACT_MIN_WEIGHT * top[..., :1])
-        total = top.sum(-1, keepdim=True)
-        coef = noise_w.flatten(-2).gather(-1, idx) * (top > 0) / total
-        flat_chol = chol.expand(*batch, n_r, n_b, m, m).flatten(-4, -3)
-        chol_k = flat_chol.gather(-3, idx[..., None, None].expand(*idx.shape, m, m))
-        flat_alpha = alpha.expand(*batch, n_r, n_b, m).flatten(-3, -2)
-        alpha_k = flat_alpha.gather(-2, idx[..., None].expand(*idx.shape, m))
-        return chol_k, alpha_k, top / total, coef, idx % n_b
+        idx, weight, coef = _keep_heaviest(
+            w_rb.flatten(-2), noise_w.flatten(-2), self.EXACT_COMPONENTS, self.EXACT_MIN_WEIGHT
+        )
+        chol_k = _gather_components(chol.expand(*batch, n_r, n_b, m, m).flatten(-4, -3), idx, 2)
+        alpha_k = _gather_components(alpha.expand(*batch, n_r, n_b, m).flatten(-3, -2), idx, 1)
+        return chol_k, alpha_k, weight, coef, idx % n_b
 
     def _component_terms(self, stats: RegressionStats, num_points: int, x: Tensor, cache):
         """Per kept component at ``x`` (``b' x t x d``): ``(exact, mean, half, z, weight,
@@ -680,15 +687,15 @@ class HypothesisMemory(_StreamedStatistics):
         stats: RegressionStats,
         num_points: int,
         x_a: Tensor,
-        x_b: Tensor,
+        x_b: Tensor | None = None,
         cache: dict | None = None,
     ) -> Tensor:
-        """Correlation ``b x t_a x t_b`` of the function between ``x_a`` and ``x_b`` under the
-        memory's mixture (its kept components, exact or on the random features; the mixture's
-        covariance, means' spread included, over the product of its stds): positive
-        semi-definite, 1 at equal points."""
+        """Correlation ``b x t_a x t_b`` of the function between ``x_a`` and ``x_b`` (``None``:
+        ``x_a`` again, its terms computed once) under the memory's mixture (its kept
+        components, exact or on the random features; the mixture's covariance, means' spread
+        included, over the product of its stds): positive semi-definite, 1 at equal points."""
         ta = self._component_terms(stats, num_points, x_a, cache)
-        tb = self._component_terms(stats, num_points, x_b, cache)
+        tb = ta if x_b is None else self._component_terms(stats, num_points, x_b, cache)
         exact, weight, coef, matern = ta[0], ta[4], ta[5], ta[6]
         c = coef[..., None, None]
 
@@ -713,7 +720,8 @@ class HypothesisMemory(_StreamedStatistics):
         spread_ab = dev_a.unsqueeze(-1) * dev_b.unsqueeze(-2)
         cov = (c * comp).sum(-3) + (weight[..., None, None] * spread_ab).sum(-3)
         floor = CORRELATION_FLOOR
-        std_a, std_b = variance(ta).clamp_min(floor).sqrt(), variance(tb).clamp_min(floor).sqrt()
+        std_a = variance(ta).clamp_min(floor).sqrt()
+        std_b = std_a if tb is ta else variance(tb).clamp_min(floor).sqrt()
         return cov / (std_a.unsqueeze(-1) * std_b.unsqueeze(-2))
 
 
