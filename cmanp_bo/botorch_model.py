@@ -244,6 +244,7 @@ class CMANPModel(Model, FantasizeMixin, GP):
                 f"at most {net.cfg.dim_x}; drop or embed dimensions, or pass a checkpoint trained "
                 f"for d={train_X.shape[-1]}"
             )
+        net = net.for_task_dim(train_X.shape[-1])  # a bank drawn for the task's own d
         if not net.cfg.joint_head and net.cfg.dim_y != 1:
             raise UnsupportedError(f"the checkpoint has dim_y={net.cfg.dim_y}; CMANPModel needs 1")
         X, Y = _learn_transforms(train_X, train_Y, input_transform, outcome_transform)

@@ -115,16 +115,24 @@ def evaluate(
         for _ in range(num_batches):
             b = sampler.sample(batch_size)
             xc, yc, xt, yt = (t.to(device) for t in (b.xc, b.yc, b.xt, b.yt))
-            state = net.encode(xc, yc)
+            task_net = _for_batch(net, b)
+            state = task_net.encode(xc, yc)
             ll = (
-                net.joint_log_likelihood(state, xt, yt)
+                task_net.joint_log_likelihood(state, xt, yt)
                 if net.cfg.joint_head
-                else net.log_likelihood(state, xt, yt)
+                else task_net.log_likelihood(state, xt, yt)
             )
             values.append(ll.cpu())
     net.train()
     v = torch.cat(values).double()
     return v.mean().item(), (v.std() / math.sqrt(len(v))).item()
+
+
+def _for_batch(net: NeuralProcess, batch) -> NeuralProcess:
+    """``net`` for a batch's tasks: ``net.for_task_dim`` of a BO prior batch's own dimension
+    (its inputs are zero-padded beyond it), the network itself for other priors."""
+    dim = getattr(batch, "dim", None)
+    return net if dim is None else net.for_task_dim(dim)
 
 
 def _lr_factor(step: int, total: int) -> float:
@@ -211,7 +219,7 @@ def train(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, cfg.steps)
         b = sampler.sample(cfg.batch_size)
-        losses = net.task_losses(*(t.to(device) for t in (b.xc, b.yc, b.xt, b.yt)))
+        losses = _for_batch(net, b).task_losses(*(t.to(device) for t in (b.xc, b.yc, b.xt, b.yt)))
         loss = (soft_cap(losses, cfg.loss_cap) if cfg.loss_cap > 0 else losses).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -264,12 +272,17 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
     architecture and config must equal the run's, except that ``dim_x`` may grow
     (``widen_inputs``), regression, polynomial and hypothesis memories may be added, and a
     hypothesis memory may be redrawn with other ``hypothesis_count`` / ``hypothesis_features``
-    and may change its ``hypothesis_exact_points``. A network may become ``hypothesis_residual``:
+    and may change its ``hypothesis_exact_points`` and ``hypothesis_task_dim``. A network may become ``hypothesis_residual``:
     its head's mean and std outputs are then zeroed, so it starts as its hypothesis readout.
     """
     source = _source_network(cfg.init_from)
     # dim_x may grow; a hypothesis memory's exact small-context readout has no weights
-    allowed = {"dim_x": net.cfg.dim_x, "hypothesis_exact_points": net.cfg.hypothesis_exact_points}
+    # nor does drawing its bank for each task's own dimension (the same draws, rescaled)
+    allowed = {
+        "dim_x": net.cfg.dim_x,
+        "hypothesis_exact_points": net.cfg.hypothesis_exact_points,
+        "hypothesis_task_dim": net.cfg.hypothesis_task_dim,
+    }
     if not source.cfg.hypothesis_residual:  # the readout may become the head's base
         allowed["hypothesis_residual"] = net.cfg.hypothesis_residual
     if not source.cfg.regression_features:  # a regression memory may be added

@@ -8,6 +8,8 @@ Neither setting changes a learned weight:
 * ``--prior-dim D`` (``CMANPConfig.hypothesis_prior_dim``): the bank's draws scaled to the
   lengthscale hyperprior of D dimensions (the bank is redrawn by the warm start; stop 35's pilot
   sets D to each problem's d).
+* ``--task-dim`` (``CMANPConfig.hypothesis_task_dim``): the same draws scaled to each task's own
+  dimension, which the model knows (``CMANP.for_task_dim``); excludes ``--prior-dim``.
 
 The copy is written with a model card that records the source, its checksum and the command.
 
@@ -15,6 +17,8 @@ The copy is written with a model card that records the source, its checksum and 
         --exact-points 128
     python experiments/exact_readout_checkpoint.py bo-d3-6-resid runs/exact/resid-p2.pt \\
         --prior-dim 2
+    python experiments/exact_readout_checkpoint.py bo-d3-6-resid runs/exact/resid-task.pt \
+        --task-dim
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path, help="the .pt file to write (its card beside it)")
     p.add_argument("--exact-points", type=int, help="hypothesis_exact_points (default: kept)")
     p.add_argument("--prior-dim", type=int, help="hypothesis_prior_dim (default: kept)")
+    p.add_argument("--task-dim", action="store_true", default=None, help="hypothesis_task_dim=True")
     args = p.parse_args(argv)
     src = source_path(args.source)
     net = load_checkpoint(src)
@@ -53,10 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     changes = {
         "hypothesis_exact_points": args.exact_points,
         "hypothesis_prior_dim": args.prior_dim,
+        "hypothesis_task_dim": args.task_dim,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if not changes:
-        p.error("pass --exact-points and/or --prior-dim")
+        p.error("pass --exact-points, --prior-dim and/or --task-dim")
     cfg = dataclasses.replace(net.cfg, **changes)
     with torch.random.fork_rng():
         out = CMANP(cfg)

@@ -359,13 +359,14 @@ def evaluate_cell(
         with torch.no_grad():
             xc, xt = (_pad(x, net.cfg.dim_x, net.dtype) for x in (batch.xc, batch.xt))
             yc, yt_net = batch.yc.to(net.dtype), batch.yt.to(net.dtype)
-            state = net.encode(xc, yc)
-            pred = net.predict(state, xt)
+            task_net = net.for_task_dim(dim)  # its hypothesis bank for d (where it has one)
+            state = task_net.encode(xc, yc)
+            pred = task_net.predict(state, xt)
             scores["cmanp_marginal"] = gaussian_scores(
                 pred.mean.squeeze(-1), pred.stddev.squeeze(-1), yt
             )
             if net.cfg.joint_head:
-                joint = net.joint_log_likelihood(state, xt, yt_net).double()
+                joint = task_net.joint_log_likelihood(state, xt, yt_net).double()
                 scores["cmanp_joint"] = (joint, None, None)
         dt = time.perf_counter() - t0
         seconds["cmanp"] += dt

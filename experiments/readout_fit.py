@@ -26,11 +26,12 @@ from cmanp_bo.checkpoint import load_checkpoint
 from cmanp_bo.priors.bo import BOPriorSampler
 
 
-def score(net, batches, n: int) -> tuple[float, float]:
+def score(base, batches, n: int) -> tuple[float, float]:
     """Mean LL per target point of the readout alone and of the network."""
     readout, network = [], []
     for b in batches:
         xc, yc, xt, yt = (t.double() for t in (b.xc, b.yc, b.xt, b.yt))
+        net = base.for_task_dim(b.dim)  # its bank for the task's own d, where it asks for that
         with torch.no_grad():
             state = net.encode(xc, yc)
             out = net.hypothesis.readout(state.hypothesis, n, xt)

@@ -8,6 +8,7 @@ update costs O(new points), never re-reading old ones.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -86,6 +87,10 @@ class CMANPConfig:
             Needs ``hypothesis_count`` and ``joint_head``.
         hypothesis_prior_dim: draw the hypothesis bank from the lengthscale hyperprior of this
             many dimensions (0: ``dim_x``'s; ``HypothesisMemory(prior_dim=...)``).
+        hypothesis_task_dim: draw it from the hyperprior of each task's own dimension instead
+            (the same draws rescaled: ``CMANP.for_task_dim(d)``, which ``CMANPModel``, the
+            trainer and the prior-fit scripts call with the inputs' width before padding).
+            Excludes ``hypothesis_prior_dim``.
     """
 
     dim_x: int = 1
@@ -112,6 +117,7 @@ class CMANPConfig:
     hypothesis_exact_points: int = 0
     hypothesis_residual: bool = False
     hypothesis_prior_dim: int = 0
+    hypothesis_task_dim: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -180,6 +186,16 @@ class CMANPConfig:
             raise ValueError(
                 "CMANPConfig.hypothesis_residual needs a hypothesis memory (hypothesis_count > 0) "
                 "and the joint head (joint_head=True)"
+            )
+        if not isinstance(self.hypothesis_task_dim, bool):
+            raise ValueError(
+                "CMANPConfig.hypothesis_task_dim must be true or false, got "
+                f"{self.hypothesis_task_dim!r}"
+            )
+        if self.hypothesis_task_dim and (not self.hypothesis_count or self.hypothesis_prior_dim):
+            raise ValueError(
+                "CMANPConfig.hypothesis_task_dim needs a hypothesis memory (hypothesis_count > 0) "
+                "and excludes hypothesis_prior_dim"
             )
         if not isinstance(self.polynomial_memory, bool):
             raise ValueError(
@@ -320,6 +336,24 @@ class CMANP(NeuralProcess):
             if cfg.hypothesis_count
             else None
         )
+
+    def for_task_dim(self, dim: int) -> CMANP:
+        """This network for tasks of ``dim`` input dimensions (zero-padded to ``dim_x``).
+
+        With ``hypothesis_task_dim``: a view that shares every parameter and buffer but the
+        hypothesis memory, whose bank is drawn from ``dim``'s lengthscale hyperprior
+        (``HypothesisMemory.for_prior_dim``), unless it already is (``dim_x``: the network
+        itself); otherwise the network itself. A state is only valid with the view that made
+        it; save the network, not a view.
+        """
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= self.cfg.dim_x:
+            raise ValueError(f"dim must be an int in [1, {self.cfg.dim_x}], got {dim!r}")
+        if not self.cfg.hypothesis_task_dim or self.hypothesis.prior_dim == dim:
+            return self
+        view = copy.copy(self)
+        view._modules = dict(self._modules)  # the parameters' modules stay shared
+        view._modules["hypothesis"] = self.hypothesis.for_prior_dim(dim)
+        return view
 
     @property
     def memories(self) -> tuple[nn.Module | None, ...]:

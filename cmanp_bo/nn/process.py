@@ -282,6 +282,12 @@ class NeuralProcess(nn.Module):
         mean, _, noise_std = self._joint_marginals(out)
         return mean, self.covariance_from_outputs(out, out, state), noise_std**2
 
+    def for_task_dim(self, dim: int) -> NeuralProcess:
+        """This network for tasks of ``dim`` input dimensions, zero-padded to ``dim_x``: the
+        network itself unless a subclass adapts to the task's width
+        (``CMANP.for_task_dim``)."""
+        return self
+
     def covariance_from_outputs(self, out_a: Tensor, out_b: Tensor, state: Any = None) -> Tensor:
         """Function covariance ``batch_shape x m x p`` between the targets whose head outputs are
         ``out_a`` (``... x m x num_out``) and ``out_b`` (``... x p x num_out``; batch shapes

@@ -27,6 +27,7 @@ et al. 2018) used as an input to the neural process rather than as its output.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -220,6 +221,20 @@ class RegressionMemory(_StreamedStatistics):
     @property
     def num_banks(self) -> int:
         return self.frequencies.shape[0]
+
+    def for_prior_dim(self, prior_dim: int) -> HypothesisMemory:
+        """A copy whose bank holds the same draws from the hyperprior of ``prior_dim``
+        dimensions (as ``prior_dim=`` at construction): lengthscales times
+        ``sqrt(prior_dim / self.prior_dim)``, frequencies over it; the phases are shared."""
+        if isinstance(prior_dim, bool) or not isinstance(prior_dim, int) or prior_dim < 1:
+            raise ValueError(f"prior_dim must be a positive int, got {prior_dim!r}")
+        factor = math.sqrt(prior_dim / self.prior_dim)
+        new = copy.copy(self)
+        new._buffers = dict(self._buffers)
+        new.lengthscales = self.lengthscales * factor
+        new.frequencies = self.frequencies / factor
+        new.prior_dim = prior_dim
+        return new
 
     @property
     def readout_width(self) -> int:
@@ -477,6 +492,7 @@ class HypothesisMemory(_StreamedStatistics):
         if prior_dim < 0:
             raise ValueError(f"prior_dim must be >= 0, got {prior_dim!r}")
         self.exact_points = exact_points
+        self.prior_dim = prior_dim or dim_x
         gen = torch.Generator().manual_seed(seed)
         ls = lengthscale_hypotheses(dim_x, hypotheses, short_share, short_factor, gen)
         if prior_dim:  # the same draws from the hyperprior of prior_dim dimensions
@@ -502,6 +518,20 @@ class HypothesisMemory(_StreamedStatistics):
     @property
     def num_banks(self) -> int:
         return self.frequencies.shape[0]
+
+    def for_prior_dim(self, prior_dim: int) -> HypothesisMemory:
+        """A copy whose bank holds the same draws from the hyperprior of ``prior_dim``
+        dimensions (as ``prior_dim=`` at construction): lengthscales times
+        ``sqrt(prior_dim / self.prior_dim)``, frequencies over it; the phases are shared."""
+        if isinstance(prior_dim, bool) or not isinstance(prior_dim, int) or prior_dim < 1:
+            raise ValueError(f"prior_dim must be a positive int, got {prior_dim!r}")
+        factor = math.sqrt(prior_dim / self.prior_dim)
+        new = copy.copy(self)
+        new._buffers = dict(self._buffers)
+        new.lengthscales = self.lengthscales * factor
+        new.frequencies = self.frequencies / factor
+        new.prior_dim = prior_dim
+        return new
 
     def empty(self, batch_shape: torch.Size) -> HypothesisStats:
         base = super().empty(batch_shape)

@@ -401,3 +401,53 @@ def test_a_bank_drawn_for_fewer_dimensions_is_the_same_draws_shorter(tmp_path):
     assert torch.allclose(ratio, torch.full_like(ratio, (3 / 2) ** 0.5))
     with pytest.raises(ValueError, match="prior_dim"):
         HypothesisMemory(2, 2, 4, prior_dim=-1)
+
+
+def test_a_bank_drawn_for_the_tasks_own_dimension_is_a_view_of_the_network(tmp_path):
+    """``hypothesis_task_dim``: ``for_task_dim(d)`` is the network with its bank drawn for d
+    (the same outputs as ``hypothesis_prior_dim=d``), sharing every parameter; the network's
+    own bank is untouched; ``CMANPModel`` and the trainer pick the view for the task's d."""
+    from types import SimpleNamespace
+
+    from cmanp_bo import CMANPModel
+    from cmanp_bo.checkpoint import save_checkpoint
+    from cmanp_bo.train import TrainConfig, _for_batch, _warm_start
+
+    kw = dict(hypothesis_exact_points=12, hypothesis_residual=True)
+    net = memory_net("hypothesis", seed=3, hypothesis_task_dim=True, **kw)
+    fixed = memory_net("hypothesis", seed=3, hypothesis_prior_dim=2, **kw)
+    base_freq = net.hypothesis.frequencies.clone()
+    view = net.for_task_dim(2)
+    assert view is not net and net.for_task_dim(3) is net and view.for_task_dim(2) is view
+    assert view.for_task_dim(3).hypothesis.prior_dim == 3
+    assert all(a is b for a, b in zip(view.parameters(), net.parameters()))
+    assert torch.equal(net.hypothesis.frequencies, base_freq)  # the network's bank is kept
+    assert torch.allclose(view.hypothesis.frequencies, fixed.hypothesis.frequencies)
+    x, y, xq = cube_data(20, torch.float64)
+    x, xq = x.clone(), xq.clone()
+    x[..., 2], xq[..., 2] = 0.0, 0.0  # a 2-D task, padded
+    for n in (8, 20):  # exact readout, then the random features
+        want = outputs(fixed, fixed.encode(x[:, :n], y[:, :n]), xq)
+        got = outputs(view, view.encode(x[:, :n], y[:, :n]), xq)
+        assert max_diff(got, want) < 1e-6  # the same draws, rescaled in another order
+        assert max_diff(outputs(net, net.encode(x[:, :n], y[:, :n]), xq), want) > 1e-4
+    # the BoTorch model on 2-D data takes the view: the posterior of the d = 2 bank
+    post = [
+        CMANPModel(x[0, :, :2], y[0], checkpoint=m).posterior(xq[0, :5, :2]) for m in (net, fixed)
+    ]
+    assert torch.allclose(post[0].mean, post[1].mean, atol=1e-6)
+    assert torch.allclose(post[0].covariance_matrix, post[1].covariance_matrix, atol=1e-6)
+    assert _for_batch(net, SimpleNamespace(dim=2)).hypothesis.prior_dim == 2
+    assert _for_batch(net, SimpleNamespace()) is net  # a prior without padding
+    # switching it on by a warm start changes no weight and no buffer
+    plain = memory_net("hypothesis", seed=3, **kw)
+    save_checkpoint(plain, tmp_path / "src.pt", {"note": "test"})
+    _warm_start(net, TrainConfig(init_from=str(tmp_path / "src.pt")))
+    for key, value in plain.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="dim must be"):
+        net.for_task_dim(4)
+    with pytest.raises(ValueError, match="hypothesis_task_dim"):
+        memory_net("hypothesis", hypothesis_task_dim=True, hypothesis_prior_dim=2)
+    with pytest.raises(ValueError, match="hypothesis_task_dim"):
+        reg_net(hypothesis_task_dim=True)
