@@ -272,8 +272,9 @@ def _warm_start(net: NeuralProcess, cfg: TrainConfig) -> None:
     architecture and config must equal the run's, except that ``dim_x`` may grow
     (``widen_inputs``), regression, polynomial and hypothesis memories may be added, and a
     hypothesis memory may be redrawn with other ``hypothesis_count`` / ``hypothesis_features``
-    and may change its ``hypothesis_exact_points`` and ``hypothesis_task_dim``. A network may become ``hypothesis_residual``:
-    its head's mean and std outputs are then zeroed, so it starts as its hypothesis readout.
+    and may change its ``hypothesis_exact_points`` and ``hypothesis_task_dim``. A network may
+    become ``hypothesis_residual``: its head's mean and std outputs are then zeroed, so it
+    starts as its hypothesis readout.
     """
     source = _source_network(cfg.init_from)
     # dim_x may grow; a hypothesis memory's exact small-context readout has no weights
