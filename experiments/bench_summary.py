@@ -16,7 +16,7 @@
 - standard suite: CMANP against gp, sobol and the neural peers (where they ran) per problem
   (paired Wilcoxon signed-rank on the final log10 regret; the report only tests against gp),
   against the default networks it replaced (``PREVIOUS_DEFAULTS``), and the copula warp
-  (``warp="rank"``, the standard suite's default for cmanp since stop 19) against the same
+  (``warp="rank"``, the standard suite's setting for cmanp in stops 19-35) against the same
   networks without it; ``standard_gp_rank``: gp on the same warp against plain gp and against
   the warped cmanp (does the warp alone explain cmanp's gains?);
 - ``--rebuild``: seconds to rebuild the Ax state of n points one at a time (what the state cache
@@ -143,7 +143,13 @@ LONG_ALTERNATIVES = (
 )
 # the defaults that the regression-memory networks replaced, by the network identity of their
 # runs in the standard database (bo-d3-6-near's were made from its run folder's model.pt)
-PREVIOUS_DEFAULTS = {"bo-d1-2": "bo-d1-2@3af6d15dd0bb", "bo-d3-6-near": "model.pt@f9922ba00025"}
+# and (stop 36) the regression-memory networks on the copula warp that bo-d3-6-resid replaced
+# at d = 2..6 (bo-d1-2-reg still serves d = 1): name -> (network, its runs' options)
+PREVIOUS_DEFAULTS = {
+    "bo-d1-2": ("bo-d1-2@3af6d15dd0bb", None),
+    "bo-d3-6-near": ("model.pt@f9922ba00025", None),
+    "bo-d1-2-reg/bo-d3-6-reg rank": (UNWARPED, {"warp": "rank"}),
+}
 
 
 def _current(db: sqlite3.Connection) -> list[dict]:
@@ -482,12 +488,15 @@ def versus_db(
     model: str = "cmanp",
     reference_network: str | tuple[str, ...] | None = None,
     reference_options: dict | None = None,
+    network: str | tuple[str, ...] | None = None,
+    options: dict | None = None,
 ) -> dict:
     """Per problem: ``model``'s runs in ``db`` vs its runs in ``reference`` (another network
     benchmarked on the same problems and seeds; ``reference_network``: that network's runs
     even where they are superseded, with ``reference_options`` those options only), paired by
-    seed."""
-    mine = _final_metrics(db)
+    seed; ``network`` / ``options`` pick ``db``'s runs the same way (default: its current
+    ones)."""
+    mine = _final_metrics(db, network, options)
     ref = _final_metrics(reference, reference_network, reference_options)
     return {
         problem: _paired(by[model], ref[problem][model])
@@ -575,11 +584,18 @@ def main() -> None:
                 summary[alt]["long_cache_effect"] = cache_effect(dbs["long"], db)
     if standard is not None:
         summary["standard_cmanp_versus_previous_defaults"] = {
-            name: versus_db(standard, standard, reference_network=network)
-            for name, network in PREVIOUS_DEFAULTS.items()
+            name: versus_db(standard, standard, reference_network=network, reference_options=opts)
+            for name, (network, opts) in PREVIOUS_DEFAULTS.items()
         }
+        # stop 19's warp: bo-d1-2-reg / bo-d3-6-reg on the copula warp against themselves
+        # without it (the current cmanp runs until stop 36)
         summary["standard_cmanp_versus_unwarped"] = versus_db(
-            standard, standard, reference_network=UNWARPED, reference_options={}
+            standard,
+            standard,
+            network=UNWARPED,
+            options={"warp": "rank"},
+            reference_network=UNWARPED,
+            reference_options={},
         )
         gp_rank = _db("standard_gp_rank")
         if gp_rank is not None:

@@ -37,7 +37,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
-    nets = {d: resolve_network(args.checkpoint, d, cpu).float() for d in args.dims}
+    nets = {d: resolve_network(args.checkpoint, d, cpu).float().for_task_dim(d) for d in args.dims}
     # the tasks do not depend on the padding width: every network sees the same functions
     sampler = BOPriorSampler(seed=777, max_dim=max(args.dims))
     pad = lambda x, net: torch.nn.functional.pad(x[..., :d], (0, net.cfg.dim_x - d))  # noqa: E731

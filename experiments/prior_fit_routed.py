@@ -19,11 +19,13 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # d -> (report, the network it holds for that d)
+# (stop 36: bo-d3-6-resid serves d = 2..6, its bank drawn for each task's d; at d = 6 that is
+# the bank it was shipped with in stop 35, so its d = 6 cells are that run's)
 SOURCES = {
     1: ("prior_fit_bo_d1_2_reg.json", "bo-d1-2-reg"),
-    2: ("prior_fit_bo_d1_2_reg.json", "bo-d1-2-reg"),
-    4: ("prior_fit_bo_d3_6_reg.json", "bo-d3-6-reg"),
-    6: ("prior_fit_bo_d3_6_reg.json", "bo-d3-6-reg"),
+    2: ("prior_fit_bo_d3_6_resid_task.json", "bo-d3-6-resid"),
+    4: ("prior_fit_bo_d3_6_resid_task.json", "bo-d3-6-resid"),
+    6: ("prior_fit_bo_d3_6_hyp_resid64.json", "bo-d3-6-resid"),
     8: ("prior_fit_bo_d7_10_poly.json", "bo-d7-10-poly"),
     10: ("prior_fit_bo_d7_10_poly.json", "bo-d7-10-poly"),
 }

@@ -13,7 +13,9 @@ Names: ``sobol``, ``gp`` (Ax's default: SingleTaskGP refit every step), ``gp-che
 
 ``gp``, ``cmanp``, ``tnp`` and ``lbanp`` take ``warp="rank"``: the model and the acquisition work
 on the Gaussian copula transform of ``-y`` (``cmanp_bo.warp``), rebuilt from all points at every
-step. ``cmanp`` and the peers also take three diagnostic options, off by default:
+step. The network surrogates also take ``warp="auto"``: the warp their network's model card
+recommends (its ``warp`` entry; none without one), the standard and quick suites' default for
+``cmanp``. ``cmanp`` and the peers also take three diagnostic options, off by default:
 ``anchor=k`` (the posterior conditioned exactly on the ``k`` best observations,
 ``cmanp_bo.anchor``; noise-free objectives only), ``std_scale=s`` and ``calibrate=m`` (a scaled
 posterior std, ``cmanp_bo.temper``). None helped on the standard suite (README, issue 6).
@@ -25,6 +27,7 @@ own frame and the acquisition is optimised inside it.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -262,7 +265,7 @@ class NeuralProcessSurrogate(Surrogate):
         trust_region: bool = False,
     ) -> None:
         super().__init__(dim, seed, acquisition)
-        check_warp(warp)
+        warp = resolve_warp(warp, checkpoint, dim)
         self.trust = _check_trust(trust_region, dim)
         if isinstance(anchor, bool) or not isinstance(anchor, int) or anchor < 0:
             raise ValueError(f"anchor must be a non-negative integer, got {anchor!r}")
@@ -357,6 +360,24 @@ class PeerSurrogate(NeuralProcessSurrogate):
             calibrate,
             trust_region,
         )
+
+
+#: ``warp=AUTO_WARP``: the warp the network's model card recommends (``recommended_warp``)
+AUTO_WARP = "auto"
+
+
+def resolve_warp(warp: str | None, checkpoint, dim: int) -> str | None:
+    """``warp`` itself (checked), or for ``"auto"`` the warp ``checkpoint``'s model card
+    recommends for ``dim`` inputs (``cmanp_bo.pretrained.recommended_warp``; a network
+    instance has no card: ``None``)."""
+    if warp == AUTO_WARP:
+        from cmanp_bo.pretrained import recommended_warp
+
+        if checkpoint is None or not isinstance(checkpoint, (str, os.PathLike)):
+            return None
+        warp = recommended_warp(checkpoint, dim)
+    check_warp(warp)
+    return warp
 
 
 def default_checkpoint(surrogate: str, dim: int) -> str | None:

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from cmanp_bo import pretrained
 from cmanp_bo.nn.regression import HypothesisMemory
 from tests.helpers import load_experiment
 
@@ -20,7 +21,8 @@ def test_scores_pair_every_model_on_the_same_tasks(tmp_path):
     assert json.loads(out.read_text()) == result
     (cell,) = result["cells"]
     assert (cell["d"], cell["n"], cell["tasks"]) == (2, 16, 3)
-    assert result["networks"] == {"2": "pretrained:bo-d1-2-reg (default for d=2)"}
+    routed = pretrained.default_bo_name(2)
+    assert result["networks"] == {"2": f"pretrained:{routed} (default for d=2)"}
     for model in ("network", "ceiling", "bma_exact", "bma_rff"):
         assert math.isfinite(cell[model]["ll"])
     # every model scored the same 3 tasks, so a paired difference is the difference of means

@@ -24,7 +24,7 @@ def test_scores_the_held_out_tasks_and_reads_the_routed_networks(tmp_path):
     assert all(math.isfinite(c["polynomial_ll"]) for c in cells)
     # the network column is the routed network's number in its committed prior_fit report
     name, ll = pb.network_ll(2, 64)
-    assert cells[1]["network"] == name == "bo-d1-2-reg" and cells[1]["network_ll"] == ll
+    assert cells[1]["network"] == name == "bo-d3-6-resid" and cells[1]["network_ll"] == ll
 
 
 def test_a_task_that_is_a_quadratic_scores_far_above_the_prior_ones():

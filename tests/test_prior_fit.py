@@ -380,3 +380,17 @@ def test_routed_targets_take_each_d_from_its_network_report(tmp_path):
     out = routed.routed_targets({1: ("b.json", "n4"), 4: ("a.json", "n1")}, tmp_path)
     assert out["t"]["pass"] is False and out["t"]["cells_missed"] == 2
     assert out["t"]["worst_shortfall"] == 2.0
+
+
+def test_routed_sources_name_the_networks_the_model_routes_to():
+    spec = importlib.util.spec_from_file_location(
+        "prior_fit_routed", SCRIPT.parent / "prior_fit_routed.py"
+    )
+    routed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(routed)
+    from cmanp_bo import pretrained
+
+    for d, (report, network) in routed.SOURCES.items():
+        assert pretrained.default_bo_name(d) == network, d
+        cells = json.loads((routed.RESULTS / report).read_text())["summary"]
+        assert any(c["d"] == d for c in cells), (d, report)

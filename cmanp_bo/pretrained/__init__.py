@@ -63,7 +63,9 @@ def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
     specialist meta-trained on those dimensions only; the narrowest range wins), else the general
     BO checkpoint ``bo-default`` (zero-padded inputs: it serves every ``dim_x`` up to its own;
     ``CheckpointError`` above that). Without a shipped file (a development tree), a small, seeded,
-    randomly initialised network with a joint head (warned), so the API still works.
+    randomly initialised network with a joint head (warned), so the API still works. The
+    network is ``for_task_dim(dim_x)``'s view where its config asks for one
+    (``CMANPConfig.hypothesis_task_dim``).
     """
     if not isinstance(dim_x, int) or isinstance(dim_x, bool) or dim_x < 1:
         raise ValueError(f"dim_x must be a positive int, got {dim_x!r}")
@@ -79,7 +81,7 @@ def default_bo_network(dim_x: int, dtype: torch.dtype = torch.float32) -> CMANP:
                 "checkpoint='RUN/model.pt'"
             )
         _warn_known_weakness(name, dim_x)
-        return net
+        return net.for_task_dim(dim_x)  # a hypothesis bank drawn for dim_x, where it asks for it
     return _untrained_bo_network(dim_x).to(dtype)
 
 
@@ -95,6 +97,21 @@ def default_bo_name(dim_x: int, arch: str = "cmanp") -> str | None:
     if covering:
         return min(covering, key=lambda n: (ranges[n][1] - ranges[n][0], n))
     return DEFAULT_BO if arch == "cmanp" and DEFAULT_BO in names else None
+
+
+def recommended_warp(checkpoint: str | Path, dim_x: int) -> str | None:
+    """The outcome warp (``cmanp_bo.warp``) a network's model card recommends: its ``warp``
+    entry, the warp it was benchmarked best with (``None``: none, or no card says so).
+
+    ``checkpoint`` as ``network_identity``'s: ``"default"`` (the network the default routing
+    picks for ``dim_x``), a shipped name or a path to a ``.pt`` file with its card.
+    """
+    if str(checkpoint) == "default":
+        name = default_bo_name(dim_x)
+        return None if name is None else card(name).get("warp")
+    if isinstance(checkpoint, str) and checkpoint in available():
+        return card(checkpoint).get("warp")
+    return read_card(checkpoint).get("warp")
 
 
 def network_identity(checkpoint: str | Path, dim_x: int) -> str:

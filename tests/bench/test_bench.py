@@ -217,17 +217,35 @@ def test_network_runs_are_keyed_by_their_weights(tmp_path):
 
 
 def test_suite_option_defaults_are_stored_and_overridable():
+    from cmanp_bo import pretrained
     from cmanp_bo.bench.runner import SUITES
 
-    # the networks run on the copula warp there (issue 6); gp stays Ax's default
+    # cmanp runs on the warp its network's card recommends ("auto", resolved in the key: none
+    # for the d = 2..6 default), the peers on the copula warp (issue 6); gp stays Ax's default
     warped = {"warp": "rank"}
+    assert pretrained.recommended_warp("default", 2) is None
+    assert pretrained.recommended_warp("default", 1) == "rank"  # bo-d1-2-reg's card
     expected = {
-        "quick": {"sobol": {}, "gp": {}, "cmanp": warped},
-        "standard": {"sobol": {}, "gp": {}, "gp-cheap": {}, "cmanp": warped, "tnp": warped},
+        "quick": {"sobol": {}, "gp": {}, "cmanp": {"warp": None}},
+        "standard": {"sobol": {}, "gp": {}, "gp-cheap": {}, "cmanp": {"warp": None}, "tnp": warped},
     }
     for name, wanted in expected.items():
         keys = [k for k in run_keys(name, SUITES[name], {}) if k.surrogate in wanted]
         assert {k.surrogate: json.loads(k.settings)["options"] for k in keys} == wanted, name
+    # "auto" follows the network: another checkpoint's card, here the rank warp's bo-d3-6-reg
+    suite = tiny_suite(surrogate_options={"cmanp": {"warp": "auto"}})
+    keys = run_keys("t", suite, {"cmanp": {"checkpoint": "bo-d3-6-reg"}})
+    options = [json.loads(k.settings)["options"] for k in keys if k.surrogate == "cmanp"]
+    assert options == [{"checkpoint": "bo-d3-6-reg", "warp": "rank"}] * 2
+    # and so does the surrogate itself, given "auto"
+    from surrogates.registry import make_surrogate
+
+    assert make_surrogate("cmanp", 2, 0, warp="auto").warp is None
+    assert make_surrogate("cmanp", 2, 0, warp="auto", checkpoint="bo-d3-6-reg").warp == "rank"
+    net = pretrained.load("bo-d1-2-reg")  # an instance has no card: no warp
+    assert make_surrogate("cmanp", 2, 0, warp="auto", checkpoint=net).warp is None
+    with pytest.raises(ValueError, match="unknown warp"):
+        make_surrogate("cmanp", 2, 0, warp="ranks")
     assert SUITES["long"].surrogate_options == {}  # benchmarked without the warp
     # --surrogate-options entries override the suite's defaults key by key
     suite = tiny_suite(surrogate_options={"cmanp": {"warp": "rank", "cache_baseline": False}})
