@@ -341,8 +341,10 @@ def cmanp_generation_strategy(
             Yeo-Johnson transform (``PowerY``, smooth; README, issue 6, stop 23). In the
             benchmark's standard suite (Ax's synthetic problems, run through the same warp in
             the BoTorch surrogate, not through this strategy) the rank warp beat the unwarped
-            network on 4 of 10 and lost on none
-            (README, issue 6). Each call then encodes every point, a cost linear in the trials.
+            ``bo-d1-2-reg`` / ``bo-d3-6-reg`` on 4 of 10 and lost on none; the d = 2..6
+            default since stop 36, ``bo-d3-6-resid``, was benchmarked without it (README,
+            issue 6), so ``None`` suits it. Each call then encodes every point, a cost linear
+            in the trials.
 
     Returns:
         A ``GenerationStrategy`` with a ``"Sobol"`` node (when ``initialization_trials > 0``)
