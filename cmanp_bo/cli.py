@@ -32,7 +32,15 @@ def _gp_benchmark(args: argparse.Namespace) -> None:
 def _checkpoints(args: argparse.Namespace) -> None:
     from cmanp_bo import pretrained
 
-    keys = ("prior", "steps", "wall_time_s", "hardware", "default_for_dims", "warp", "known_weakness")
+    keys = (
+        "prior",
+        "steps",
+        "wall_time_s",
+        "hardware",
+        "default_for_dims",
+        "warp",
+        "known_weakness",
+    )
     for name in pretrained.available():
         card = pretrained.card(name)
         summary = {k: card.get(k) for k in (*keys, "eval") if k in card}

@@ -570,6 +570,9 @@ def main() -> None:
                 summary[alt]["final_side"] = trust_final_side(db)
             if alt == "standard_bo_d3_6_resid":  # and the exact average it corrects
                 summary[alt]["versus_hyp_gp"] = versus(db, others=("hyp-gp",))
+                # stop 36: the same network with its bank drawn for each problem's d (the
+                # standard database's current cmanp runs, the default since) against these
+                summary[alt]["task_dim_default_versus_this"] = versus_db(standard, db)
             if alt == "standard_ax_optimizer":  # gp's own runs against the suite's gp runs
                 summary[alt]["gp_versus_suite_optimizer"] = versus_db(db, standard, model="gp")
     for alt in LONG_ALTERNATIVES:

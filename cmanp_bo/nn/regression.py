@@ -222,20 +222,6 @@ class RegressionMemory(_StreamedStatistics):
     def num_banks(self) -> int:
         return self.frequencies.shape[0]
 
-    def for_prior_dim(self, prior_dim: int) -> HypothesisMemory:
-        """A copy whose bank holds the same draws from the hyperprior of ``prior_dim``
-        dimensions (as ``prior_dim=`` at construction): lengthscales times
-        ``sqrt(prior_dim / self.prior_dim)``, frequencies over it; the phases are shared."""
-        if isinstance(prior_dim, bool) or not isinstance(prior_dim, int) or prior_dim < 1:
-            raise ValueError(f"prior_dim must be a positive int, got {prior_dim!r}")
-        factor = math.sqrt(prior_dim / self.prior_dim)
-        new = copy.copy(self)
-        new._buffers = dict(self._buffers)
-        new.lengthscales = self.lengthscales * factor
-        new.frequencies = self.frequencies / factor
-        new.prior_dim = prior_dim
-        return new
-
     @property
     def readout_width(self) -> int:
         return readout_width(self.num_banks)
