@@ -55,6 +55,7 @@ def _db(suite: str) -> sqlite3.Connection | None:
 BO_D3_6 = "bo-d3-6@ab6de5b4d773"  # the d = 3..6 default until bo-d3-6-near
 BO_D3_6_REG = "bo-d3-6-reg@838a5a6316ca"  # the d = 3..6 default since
 BO_D1_2_REG = "bo-d1-2-reg@d8323fae0b42"  # the d = 1, 2 default since stop 13
+BO_D3_6_RESID = "bo-d3-6-resid@3528450a5208"  # the d = 2..6 default since stop 36
 # the networks the warped cmanp runs use, whose unwarped runs (options {}) they are compared with
 UNWARPED = (BO_D1_2_REG, BO_D3_6_REG)
 # database -> (summary key, the standard database's network its cmanp runs are compared with,
@@ -112,6 +113,10 @@ ALTERNATIVES = {
     # too), 20 seeds, with the standard database's gp and sobol runs and the hyp-gp runs copied
     # in; against the default networks on the warp (the suite's cmanp)
     "standard_bo_d3_6_resid": ("versus_default_rank", UNWARPED, {"warp": "rank"}),
+    # stop 36: the d = 2..6 default (bo-d3-6-resid, bank drawn for the task's d) on the copula
+    # warp, branin, hartmann3, powell4 and rosenbrock4, 20 seeds (gp and sobol copied in),
+    # against its own runs without the warp (the suite's cmanp since stop 36)
+    "standard_bo_d3_6_resid_rank": ("versus_unwarped", BO_D3_6_RESID, {"warp": None}),
     # stop 23: the default networks on the Yeo-Johnson warp (``warp="power"``), all 10
     # problems, against the same networks on the copula warp (the suite's setting)
     "standard_power": ("versus_rank", UNWARPED, {"warp": "rank"}),
