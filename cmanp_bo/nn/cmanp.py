@@ -343,16 +343,25 @@ class CMANP(NeuralProcess):
         With ``hypothesis_task_dim``: a view that shares every parameter and buffer but the
         hypothesis memory, whose bank is drawn from ``dim``'s lengthscale hyperprior
         (``HypothesisMemory.for_prior_dim``), unless it already is (``dim_x``: the network
-        itself); otherwise the network itself. A state is only valid with the view that made
-        it; save the network, not a view.
+        itself); otherwise the network itself. The network keeps one view per ``dim`` (remade
+        if its own bank's tensors were replaced, e.g. by ``.to``), so every model built on it
+        for that ``dim`` gets the same object and ``StateCache`` can reuse its states. A state
+        is only valid with the view that made it; save the network, not a view.
         """
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= self.cfg.dim_x:
             raise ValueError(f"dim must be an int in [1, {self.cfg.dim_x}], got {dim!r}")
-        if not self.cfg.hypothesis_task_dim or self.hypothesis.prior_dim == dim:
-            return self
-        view = copy.copy(self)
-        view._modules = dict(self._modules)  # the parameters' modules stay shared
-        view._modules["hypothesis"] = self.hypothesis.for_prior_dim(dim)
+        base = self.__dict__.get("_task_base", self)
+        if not self.cfg.hypothesis_task_dim or base.hypothesis.prior_dim == dim:
+            return base
+        views = base.__dict__.setdefault("_task_views", {})
+        bank = base.hypothesis.frequencies
+        if dim in views and views[dim][0] is bank:
+            return views[dim][1]
+        view = copy.copy(base)
+        view._modules = dict(base._modules)  # the parameters' modules stay shared
+        view._modules["hypothesis"] = base.hypothesis.for_prior_dim(dim)
+        object.__setattr__(view, "_task_base", base)  # not a submodule: not in its state dict
+        views[dim] = (bank, view)
         return view
 
     @property

@@ -451,3 +451,28 @@ def test_a_bank_drawn_for_the_tasks_own_dimension_is_a_view_of_the_network(tmp_p
         memory_net("hypothesis", hypothesis_task_dim=True, hypothesis_prior_dim=2)
     with pytest.raises(ValueError, match="hypothesis_task_dim"):
         reg_net(hypothesis_task_dim=True)
+
+
+def test_a_task_view_is_kept_so_that_rebuilt_models_reuse_cached_states(tmp_path):
+    """One view per d: models rebuilt from the same checkpoint share it, so ``StateCache``
+    reuses the longest cached prefix (a new view per model would miss every time); a network
+    whose bank tensors were replaced (``.to``) makes a fresh view."""
+    import copy
+
+    from cmanp_bo import CMANPModel
+    from cmanp_bo.botorch_model import StateCache
+    from cmanp_bo.checkpoint import save_checkpoint
+
+    net = memory_net("hypothesis", seed=3, hypothesis_task_dim=True)
+    view = net.for_task_dim(2)
+    assert net.for_task_dim(2) is view and view.for_task_dim(3) is net
+    assert copy.deepcopy(net).state_dict().keys() == net.state_dict().keys()
+    assert net.to(torch.float32).for_task_dim(2) is not view  # its bank was replaced
+    save_checkpoint(memory_net("hypothesis", seed=3, hypothesis_task_dim=True), tmp_path / "t.pt")
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(12, 2, generator=g, dtype=torch.float64)
+    Y = torch.sin(5 * X).sum(-1, keepdim=True)
+    cache = StateCache()
+    for n in (9, 12):
+        CMANPModel(X[:n], Y[:n], checkpoint=str(tmp_path / "t.pt"), state_cache=cache)
+    assert [(r.embedded, r.reused) for r in cache.records] == [(9, 0), (3, 9)]
