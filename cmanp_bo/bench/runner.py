@@ -48,7 +48,11 @@ NETWORK_SURROGATES = ("cmanp", "tnp", "lbanp")  # their run keys name the networ
 # ... and the revision of the model code where it changed what a run measures. 2 (2026-12-02):
 # CMANPModel caches qLogNEI's baseline (``cache_baseline``): the same proposals up to rounding,
 # cheaper steps, so more evaluations within a wall-clock cap. Keys without it are revision 1.
-MODEL_REVISION = 2
+# 3 (2026-12-08): the hypothesis memory's random-feature readout sums only the components
+# holding at least 1e-12 of the heaviest one's weight, and the kept-component sums drop slots
+# no task keeps: the same outputs to 1e-9, a step of the d = 2..6 default 2-3x cheaper
+# beyond 128 points (experiments/step_profile.py).
+MODEL_REVISION = 3
 
 # The networks on the outcome warp (``cmanp_bo.warp``) their model cards recommend: the copula
 # (rank) warp for the networks it was benchmarked best with (stop 19: on the standard suite it

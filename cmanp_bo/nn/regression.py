@@ -154,11 +154,15 @@ def _keep_heaviest(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The ``count`` heaviest of ``weights`` (``batch x C``) with at least ``min_share`` of the
     heaviest one's weight: their indices, weights and ``coef`` renormalised over the kept
-    ones (dropped slots: weight and coefficient 0)."""
+    ones (dropped slots: weight and coefficient 0). Only as many slots as the task keeping
+    the most needs are returned: a slot no task keeps would be computed for nothing."""
     top, idx = weights.topk(min(count, weights.shape[-1]), -1)
-    top = top * (top >= min_share * top[..., :1])
+    kept = top >= min_share * top[..., :1]
+    slots = max(int(kept.sum(-1).max()), 1) if kept.numel() else top.shape[-1]
+    top, idx, kept = top[..., :slots], idx[..., :slots], kept[..., :slots]
+    top = top * kept
     total = top.sum(-1, keepdim=True)
-    return idx, top / total, coef.gather(-1, idx) * (top > 0) / total
+    return idx, top / total, coef.gather(-1, idx) * kept / total
 
 
 def _gather_components(values: Tensor, idx: Tensor, trailing: int) -> Tensor:
@@ -458,6 +462,12 @@ class HypothesisMemory(_StreamedStatistics):
     #: their least share of the heaviest one's weight
     EXACT_COMPONENTS = 32
     EXACT_MIN_WEIGHT = 1e-4
+    #: the marginal readout on the random features keeps every (ratio, bank) component with
+    #: at least this share of the heaviest one's weight: the dropped ones' total is at most
+    #: ``R B`` times it (6.4e-10 for 5 ratios x 128 banks), below float32's resolution, and
+    #: as the evidence sharpens with n few components are left (hartmann6, uniform points:
+    #: about 146 of 640 at n = 130, 80 at 300, 8 at 600)
+    MARGINAL_MIN_WEIGHT = 1e-12
 
     def __init__(
         self,
@@ -584,16 +594,16 @@ class HypothesisMemory(_StreamedStatistics):
         and the context only). Exact (``exact_readout``) while the state holds the points."""
         if getattr(stats, "x", None) is not None and num_points > 0:
             return self.exact_readout(stats, x, cache)
-        chol, alpha, w_rb, noise_w = _cached_posterior(self, "hypothesis", stats, num_points, cache)
-        phi = self.features(x).unsqueeze(-4)  # b x 1 x B x n x m
-        mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)  # b x R x B x n
-        half = torch.linalg.solve_triangular(chol, phi.transpose(-1, -2), upper=False)
-        quad = half.pow(2).sum(-2)  # b x R x B x n
-        avg_mean = (w_rb.unsqueeze(-1) * mean).sum((-3, -2))  # the mean does not depend on s
-        second = (w_rb.unsqueeze(-1) * mean.pow(2)).sum((-3, -2))
-        var_f = (noise_w.unsqueeze(-1) * quad).sum((-3, -2))
+        post = _cached_posterior(
+            self, "hypothesis-marginal", stats, num_points, cache, "_marginal_feature_components"
+        )
+        mean, half = self._feature_terms(post, x.double())  # b x k x n, b x k x m x n
+        weight, coef = post[2].unsqueeze(-1), post[3]  # the mean does not depend on s
+        avg_mean = (weight * mean).sum(-2)
+        second = (weight * mean.pow(2)).sum(-2)
+        var_f = (coef.unsqueeze(-1) * half.pow(2).sum(-2)).sum(-2)
         avg_var = (var_f + second - avg_mean.pow(2)).clamp_min(0)
-        noise = noise_w.sum((-2, -1))[..., None].expand_as(avg_mean)
+        noise = coef.sum(-1)[..., None].expand_as(avg_mean)
         parts = [avg_mean, 0.5 * (avg_var + LOG_FLOOR).log(), 0.5 * noise.log()]
         return torch.stack(parts, -1).to(x.dtype)
 
@@ -656,18 +666,48 @@ class HypothesisMemory(_StreamedStatistics):
         return torch.stack(parts, -1).to(x.dtype)
 
     # ------------------------------------------------------------------ joint covariance
-    def _kept_feature_components(self, stats: RegressionStats, num_points: int) -> tuple:
-        """The random-feature posterior's heaviest ``EXACT_COMPONENTS`` (ratio, bank)
-        components per task, as ``_exact_posterior`` keeps them: factors of ``G + r I``,
-        ``A^{-1} M``, weights, coefficients ``E[r s]`` (renormalised) and bank indices."""
+    def _kept_feature_components(
+        self,
+        stats: RegressionStats,
+        num_points: int,
+        count: int | None = None,
+        min_share: float | None = None,
+    ) -> tuple:
+        """The random-feature posterior's heaviest ``count`` (default ``EXACT_COMPONENTS``)
+        (ratio, bank) components per task with at least ``min_share`` (default
+        ``EXACT_MIN_WEIGHT``) of the heaviest one's weight, as ``_exact_posterior`` keeps
+        them: factors of ``G + r I``, ``A^{-1} M``, weights, coefficients ``E[r s]``
+        (renormalised) and bank indices."""
         chol, alpha, w_rb, noise_w = self._posterior(stats, num_points)
         batch, (n_r, n_b), m = w_rb.shape[:-2], w_rb.shape[-2:], chol.shape[-1]
         idx, weight, coef = _keep_heaviest(
-            w_rb.flatten(-2), noise_w.flatten(-2), self.EXACT_COMPONENTS, self.EXACT_MIN_WEIGHT
+            w_rb.flatten(-2),
+            noise_w.flatten(-2),
+            self.EXACT_COMPONENTS if count is None else count,
+            self.EXACT_MIN_WEIGHT if min_share is None else min_share,
         )
         chol_k = _gather_components(chol.expand(*batch, n_r, n_b, m, m).flatten(-4, -3), idx, 2)
         alpha_k = _gather_components(alpha.expand(*batch, n_r, n_b, m).flatten(-3, -2), idx, 1)
         return chol_k, alpha_k, weight, coef, idx % n_b
+
+    def _marginal_feature_components(self, stats: RegressionStats, num_points: int) -> tuple:
+        """The components the marginal readout on the random features sums: every (ratio,
+        bank) with at least ``MARGINAL_MIN_WEIGHT`` of the heaviest one's weight (the rest
+        hold at most ``R B MARGINAL_MIN_WEIGHT`` of the total between them)."""
+        count = self.ratios.numel() * self.num_banks
+        return self._kept_feature_components(stats, num_points, count, self.MARGINAL_MIN_WEIGHT)
+
+    def _feature_terms(self, post: tuple, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, half)`` of the kept random-feature components ``post`` at ``x`` (``b' x t x
+        d``, float64): ``phi(x)^T A^{-1} M`` (``b' x k x t``) and ``L^{-1} phi(x)`` (``b' x k
+        x m x t``)."""
+        chol, alpha, bank = post[0], post[1], post[4]
+        freq, phase = self.frequencies.double()[bank], self.phases.double()[bank]
+        proj = x.unsqueeze(-3) @ freq + phase
+        phi = math.sqrt(2.0 / freq.shape[-1]) * torch.cos(proj)
+        basis = torch.cat([phi, torch.ones_like(phi[..., :1])], -1)  # b' x k x t x m
+        mean = (basis @ alpha.unsqueeze(-1)).squeeze(-1)
+        return mean, torch.linalg.solve_triangular(chol, basis.transpose(-1, -2), upper=False)
 
     def _component_terms(self, stats: RegressionStats, num_points: int, x: Tensor, cache):
         """Per kept component at ``x`` (``b' x t x d``): ``(exact, mean, half, z, weight,
@@ -675,28 +715,22 @@ class HypothesisMemory(_StreamedStatistics):
         ``L^{-1} phi(x)``) ``b' x k x n x t`` and ``z`` the inputs over the lengthscales
         (exact only)."""
         x = x.double()
-        if getattr(stats, "x", None) is not None and num_points > 0:
-            n = stats.x.shape[-2]
-            post = _cached_posterior(self, "hypothesis-exact", stats, n, cache, "_exact_posterior")
-            chol, alpha, weight, coef, ls, matern, _, xc = post
-            scaled = ls.unsqueeze(-2)
-            z, zc = x.unsqueeze(-3) / scaled, xc.unsqueeze(-3) / scaled
-            m = matern[..., None, None]
-            basis = torch.where(m, scaled_kernel("matern", z, zc), scaled_kernel("rbf", z, zc)) + 1
-            exact = True
-        else:
+        if getattr(stats, "x", None) is None or num_points == 0:
             post = _cached_posterior(
                 self, "hypothesis-kept", stats, num_points, cache, "_kept_feature_components"
             )
-            chol, alpha, weight, coef, bank = post
-            freq, phase = self.frequencies.double()[bank], self.phases.double()[bank]
-            proj = x.unsqueeze(-3) @ freq + phase
-            phi = math.sqrt(2.0 / freq.shape[-1]) * torch.cos(proj)
-            basis = torch.cat([phi, torch.ones_like(phi[..., :1])], -1)  # b' x k x t x m
-            z, matern, exact = None, None, False
+            mean, half = self._feature_terms(post, x)
+            return False, mean, half, None, post[2], post[3], None
+        n = stats.x.shape[-2]
+        post = _cached_posterior(self, "hypothesis-exact", stats, n, cache, "_exact_posterior")
+        chol, alpha, weight, coef, ls, matern, _, xc = post
+        scaled = ls.unsqueeze(-2)
+        z, zc = x.unsqueeze(-3) / scaled, xc.unsqueeze(-3) / scaled
+        m = matern[..., None, None]
+        basis = torch.where(m, scaled_kernel("matern", z, zc), scaled_kernel("rbf", z, zc)) + 1
         mean = (basis @ alpha.unsqueeze(-1)).squeeze(-1)
         half = torch.linalg.solve_triangular(chol, basis.transpose(-1, -2), upper=False)
-        return exact, mean, half, z, weight, coef, matern
+        return True, mean, half, z, weight, coef, matern
 
     def readout_correlation(
         self,

@@ -476,3 +476,60 @@ def test_a_task_view_is_kept_so_that_rebuilt_models_reuse_cached_states(tmp_path
     for n in (9, 12):
         CMANPModel(X[:n], Y[:n], checkpoint=str(tmp_path / "t.pt"), state_cache=cache)
     assert [(r.embedded, r.reused) for r in cache.records] == [(9, 0), (3, 9)]
+
+
+def _every_component_readout(memory, stats, n, xq):
+    """The random-feature readout summed over every (ratio, bank) component, unpruned: the
+    model average as ``HypothesisMemory``'s docstring states it."""
+    from cmanp_bo.nn.regression import LOG_FLOOR
+
+    chol, alpha, w_rb, noise_w = memory._posterior(stats, n)
+    phi = memory.features(xq).unsqueeze(-4)  # b x 1 x B x t x m
+    mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)
+    half = torch.linalg.solve_triangular(chol, phi.transpose(-1, -2), upper=False)
+    avg = (w_rb.unsqueeze(-1) * mean).sum((-3, -2))
+    second = (w_rb.unsqueeze(-1) * mean.pow(2)).sum((-3, -2))
+    var_f = (noise_w.unsqueeze(-1) * half.pow(2).sum(-2)).sum((-3, -2))
+    var = (var_f + second - avg.pow(2)).clamp_min(0)
+    noise = noise_w.sum((-2, -1))[..., None].expand_as(avg)
+    return torch.stack([avg, 0.5 * (var + LOG_FLOOR).log(), 0.5 * noise.log()], -1), w_rb
+
+
+def test_marginal_feature_readout_drops_only_negligible_components():
+    """Beyond the exact points the readout sums only the components with at least
+    ``MARGINAL_MIN_WEIGHT`` of the heaviest one's weight: as many slots as the task that
+    keeps the most needs, and the same outputs as the sum over all of them."""
+    from cmanp_bo.nn.regression import HypothesisMemory
+
+    memory = HypothesisMemory(3, 16, 8, seed=2, short_share=0.5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 400, 3, generator=g, dtype=torch.float64)
+    y = torch.stack([torch.sin(6 * x[0]).sum(-1), torch.cos(2 * x[1]).prod(-1)])[..., None]
+    y = (y - y.mean(-2, keepdim=True)) / y.std(-2, keepdim=True)
+    for n in (6, 400):  # barely informative (every component kept), then decisive
+        stats = memory.stats(x[:, :n], y[:, :n], torch.Size([2]))
+        xq = torch.rand(2, 9, 3, generator=g, dtype=torch.float64)
+        expected, w_rb = _every_component_readout(memory, stats, n, xq)
+        share = w_rb.flatten(-2) / w_rb.flatten(-2).amax(-1, keepdim=True)
+        kept = (share >= memory.MARGINAL_MIN_WEIGHT).sum(-1)
+        post = memory._marginal_feature_components(stats, n)
+        assert post[0].shape[-3] == int(kept.max())  # the slots: the most any task keeps
+        assert torch.allclose(memory.readout(stats, n, xq), expected, rtol=0, atol=1e-8)
+        if n == 400:
+            assert int(kept.max()) < w_rb[0].numel() // 4  # most components are dropped
+            assert (post[2] == 0).any()  # the task keeping fewer: its extra slots weigh 0
+
+
+def test_keep_heaviest_returns_only_the_slots_some_task_keeps():
+    from cmanp_bo.nn.regression import _keep_heaviest
+
+    w = torch.tensor([[0.5, 0.3, 0.2, 1e-6, 0.0], [0.98, 0.02, 0.0, 0.0, 0.0]])
+    coef = torch.arange(10.0).reshape(2, 5)
+    idx, weight, kept_coef = _keep_heaviest(w, coef, count=4, min_share=1e-3)
+    assert weight.shape == idx.shape == (2, 3)  # 1e-6 < 1e-3 * 0.5: the 4th slot no task keeps
+    assert idx[0].tolist() == [0, 1, 2] and idx[1, :2].tolist() == [0, 1]
+    torch.testing.assert_close(weight, torch.tensor([[0.5, 0.3, 0.2], [0.98, 0.02, 0.0]]))
+    torch.testing.assert_close(kept_coef, torch.tensor([[0.0, 1.0, 2.0], [5.0, 6.0, 0.0]]))
+    idx, weight, _ = _keep_heaviest(w, coef, count=2, min_share=0.1)
+    assert weight.shape == (2, 2) and weight[1, 1] == 0  # 0.02 < 0.1 * 0.98: dropped, zero
+    torch.testing.assert_close(weight[1], torch.tensor([1.0, 0.0]))
