@@ -23,7 +23,7 @@ def best_baseline(
     max_points: int = DEFAULT_MAX_BASELINE,
     objective: MCAcquisitionObjective | None = None,
     posterior_transform: PosteriorTransform | None = None,
-    chunk: int = 1024,
+    chunk: int = 256,
 ) -> Tensor:
     """The ``max_points`` rows of ``X`` with the highest objective of the posterior mean.
 

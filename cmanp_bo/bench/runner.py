@@ -51,8 +51,12 @@ NETWORK_SURROGATES = ("cmanp", "tnp", "lbanp")  # their run keys name the networ
 # 3 (2026-12-08): the hypothesis memory's random-feature readout sums only the components
 # holding at least 1e-12 of the heaviest one's weight, and the kept-component sums drop slots
 # no task keeps: the same outputs to 1e-9, a step of the d = 2..6 default 2-3x cheaper
-# beyond 128 points (experiments/step_profile.py).
-MODEL_REVISION = 3
+# beyond 128 points (experiments/step_profile.py). 4 (2026-12-08): the same outputs to
+# rounding in less memory (the memory's R x B Cholesky factors made one ratio at a time and
+# remade only for the kept components; ``best_baseline`` decodes 256 points at a time, not
+# 1024): a step's working memory at n = 2000-4000 at d = 2 about halves
+# (experiments/peer_step_cost.py).
+MODEL_REVISION = 4
 
 # The networks on the outcome warp (``cmanp_bo.warp``) their model cards recommend: the copula
 # (rank) warp for the networks it was benchmarked best with (stop 19: on the standard suite it

@@ -154,15 +154,24 @@ def _keep_heaviest(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The ``count`` heaviest of ``weights`` (``batch x C``) with at least ``min_share`` of the
     heaviest one's weight: their indices, weights and ``coef`` renormalised over the kept
-    ones (dropped slots: weight and coefficient 0). Only as many slots as the task keeping
-    the most needs are returned: a slot no task keeps would be computed for nothing."""
+    ones (dropped slots: weight and coefficient 0), the heaviest first. Only as many slots as
+    the task keeping the most needs are returned: a slot no task keeps would be computed for
+    nothing."""
     top, idx = weights.topk(min(count, weights.shape[-1]), -1)
+    weight, kept_coef = _keep_leading(top, coef.gather(-1, idx), min_share)
+    return idx[..., : weight.shape[-1]], weight, kept_coef
+
+
+def _keep_leading(top: Tensor, coef: Tensor, min_share: float) -> tuple[Tensor, Tensor]:
+    """``_keep_heaviest`` on weights already sorted, the heaviest first (``top``, with their
+    ``coef``): those with at least ``min_share`` of the first, renormalised, in as many
+    leading slots as the task keeping the most needs."""
     kept = top >= min_share * top[..., :1]
     slots = max(int(kept.sum(-1).max()), 1) if kept.numel() else top.shape[-1]
-    top, idx, kept = top[..., :slots], idx[..., :slots], kept[..., :slots]
+    top, coef, kept = top[..., :slots], coef[..., :slots], kept[..., :slots]
     top = top * kept
     total = top.sum(-1, keepdim=True)
-    return idx, top / total, coef.gather(-1, idx) * kept / total
+    return top / total, coef * kept / total
 
 
 def _gather_components(values: Tensor, idx: Tensor, trailing: int) -> Tensor:
@@ -559,21 +568,33 @@ class HypothesisMemory(_StreamedStatistics):
         phi = math.sqrt(2.0 / m) * torch.cos(proj)
         return torch.cat([phi, torch.ones_like(phi[..., :1])], -1)
 
+    def _gram(self, stats: RegressionStats) -> Tensor:
+        """``G``, symmetrised: ``batch x B x m x m`` (float64)."""
+        return 0.5 * (stats.gram + stats.gram.transpose(-1, -2))
+
     def _posterior(self, stats: RegressionStats, num_points: int) -> tuple[Tensor, ...]:
-        """Per ratio and bank the Cholesky factor of ``G + r I`` and ``A^{-1} M``, and two sums
-        of the settings' evidence weights over the scales: the weight of each (ratio, bank),
-        which the mean needs, and its expected noise variance ``sum_s w r s``, which scales the
-        function variance (float64, ``batch x R x B``)."""
+        """Per ratio and bank ``A^{-1} M`` and two sums of the settings' evidence weights over
+        the scales: the weight of each (ratio, bank), which the mean needs, and its expected
+        noise variance ``sum_s w r s``, which scales the function variance (float64, ``batch
+        x R x B``). The Cholesky factors of ``G + r I`` are made one ratio at a time and not
+        kept (all of them are 5 x 128 x 65^2 doubles, 22 MB per task, for 64 hypotheses of
+        64 features); ``_factors`` remakes those of the components a readout keeps."""
         m, n = self.num_features, num_points
         r, s = self.ratios, self.scales
-        gram = 0.5 * (stats.gram + stats.gram.transpose(-1, -2)).unsqueeze(-4)  # b x 1 x B x m x m
+        gram = self._gram(stats)  # b x B x m x m
         eye = torch.eye(m, dtype=torch.float64, device=gram.device)
-        chol = torch.linalg.cholesky(gram + r[:, None, None, None] * eye)  # b x R x B x m x m
-        moment = stats.moment.unsqueeze(-3).unsqueeze(-1)  # b x 1 x B x m x 1
-        alpha = torch.cholesky_solve(moment, chol).squeeze(-1)  # b x R x B x m
-        fit = stats.sq_sum[..., None, None] - (moment.squeeze(-1) * alpha).sum(-1)  # b x R x B
-        logdet = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
-        logdet = logdet - m * r.log()[:, None]  # b x R x B
+        moment = stats.moment.unsqueeze(-1)  # b x B x m x 1
+        alphas, fits, logdets = [], [], []
+        for ratio in r:
+            chol = torch.linalg.cholesky(gram + ratio * eye)  # b x B x m x m
+            alpha = torch.cholesky_solve(moment, chol).squeeze(-1)  # batches broadcast
+            alphas.append(alpha)
+            fits.append(stats.sq_sum[..., None] - (moment.squeeze(-1) * alpha).sum(-1))
+            logdets.append(2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1))
+            del chol
+        alpha = torch.stack(alphas, -3)  # b x R x B x m
+        fit = torch.stack(fits, -2)  # b x R x B
+        logdet = torch.stack(logdets, -2) - m * r.log()[:, None]  # b x R x B
         lam = (r[:, None] * s)[:, :, None]  # R x S x 1
         log_ev = -0.5 * (
             fit.unsqueeze(-2) / lam
@@ -584,7 +605,17 @@ class HypothesisMemory(_StreamedStatistics):
         shape = log_ev.shape
         w = torch.softmax(log_ev.flatten(-3), -1).reshape(shape)  # b x R x S x B
         noise_w = (w * lam).sum(-2)  # b x R x B
-        return chol, alpha, w.sum(-2), noise_w
+        return alpha, w.sum(-2), noise_w
+
+    def _factors(self, stats: RegressionStats, idx: Tensor) -> Tensor:
+        """Cholesky factors of ``G + r I`` for the (ratio, bank) components ``idx`` (``batch
+        x k``, indices into the flattened ``R x B`` grid): ``batch x k x m x m``."""
+        n_b, m = self.num_banks, self.num_features
+        gram = self._gram(stats)
+        gram = _gather_components(gram.expand(*idx.shape[:-1], n_b, m, m), idx % n_b, 2)
+        eye = torch.eye(m, dtype=torch.float64, device=gram.device)
+        ratio = self.ratios[idx // n_b]  # batch x k
+        return torch.linalg.cholesky(gram + ratio[..., None, None] * eye)
 
     def readout(
         self, stats: RegressionStats, num_points: int, x: Tensor, cache: dict | None = None
@@ -666,36 +697,30 @@ class HypothesisMemory(_StreamedStatistics):
         return torch.stack(parts, -1).to(x.dtype)
 
     # ------------------------------------------------------------------ joint covariance
-    def _kept_feature_components(
-        self,
-        stats: RegressionStats,
-        num_points: int,
-        count: int | None = None,
-        min_share: float | None = None,
-    ) -> tuple:
-        """The random-feature posterior's heaviest ``count`` (default ``EXACT_COMPONENTS``)
-        (ratio, bank) components per task with at least ``min_share`` (default
-        ``EXACT_MIN_WEIGHT``) of the heaviest one's weight, as ``_exact_posterior`` keeps
-        them: factors of ``G + r I``, ``A^{-1} M``, weights, coefficients ``E[r s]``
-        (renormalised) and bank indices."""
-        chol, alpha, w_rb, noise_w = self._posterior(stats, num_points)
-        batch, (n_r, n_b), m = w_rb.shape[:-2], w_rb.shape[-2:], chol.shape[-1]
-        idx, weight, coef = _keep_heaviest(
-            w_rb.flatten(-2),
-            noise_w.flatten(-2),
-            self.EXACT_COMPONENTS if count is None else count,
-            self.EXACT_MIN_WEIGHT if min_share is None else min_share,
-        )
-        chol_k = _gather_components(chol.expand(*batch, n_r, n_b, m, m).flatten(-4, -3), idx, 2)
-        alpha_k = _gather_components(alpha.expand(*batch, n_r, n_b, m).flatten(-3, -2), idx, 1)
-        return chol_k, alpha_k, weight, coef, idx % n_b
-
     def _marginal_feature_components(self, stats: RegressionStats, num_points: int) -> tuple:
-        """The components the marginal readout on the random features sums: every (ratio,
-        bank) with at least ``MARGINAL_MIN_WEIGHT`` of the heaviest one's weight (the rest
-        hold at most ``R B MARGINAL_MIN_WEIGHT`` of the total between them)."""
-        count = self.ratios.numel() * self.num_banks
-        return self._kept_feature_components(stats, num_points, count, self.MARGINAL_MIN_WEIGHT)
+        """The random-feature posterior's (ratio, bank) components that the marginal readout
+        sums: every one with at least ``MARGINAL_MIN_WEIGHT`` of the heaviest one's weight
+        (the rest hold at most ``R B MARGINAL_MIN_WEIGHT`` of the total between them), the
+        heaviest first: factors of ``G + r I``, ``A^{-1} M``, weights and coefficients
+        ``E[r s]`` (renormalised over the kept ones) and bank indices."""
+        alpha, w_rb, noise_w = self._posterior(stats, num_points)
+        batch, (n_r, n_b), m = w_rb.shape[:-2], w_rb.shape[-2:], alpha.shape[-1]
+        idx, weight, coef = _keep_heaviest(
+            w_rb.flatten(-2), noise_w.flatten(-2), n_r * n_b, self.MARGINAL_MIN_WEIGHT
+        )
+        alpha_k = _gather_components(alpha.expand(*batch, n_r, n_b, m).flatten(-3, -2), idx, 1)
+        return self._factors(stats, idx), alpha_k, weight, coef, idx % n_b
+
+    def _kept_feature_components(self, marginal: tuple) -> tuple:
+        """The joint correlation's components, as ``_exact_posterior`` keeps them: of the
+        marginal readout's (``marginal``, the heaviest first), the ``EXACT_COMPONENTS``
+        heaviest with at least ``EXACT_MIN_WEIGHT`` of the heaviest one's weight,
+        renormalised over them."""
+        chol, alpha, weight, coef, bank = marginal
+        count = min(self.EXACT_COMPONENTS, weight.shape[-1])
+        weight, coef = _keep_leading(weight[..., :count], coef[..., :count], self.EXACT_MIN_WEIGHT)
+        k = weight.shape[-1]
+        return chol[..., :k, :, :], alpha[..., :k, :], weight, coef, bank[..., :k]
 
     def _feature_terms(self, post: tuple, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(mean, half)`` of the kept random-feature components ``post`` at ``x`` (``b' x t x
@@ -716,9 +741,15 @@ class HypothesisMemory(_StreamedStatistics):
         (exact only)."""
         x = x.double()
         if getattr(stats, "x", None) is None or num_points == 0:
-            post = _cached_posterior(
-                self, "hypothesis-kept", stats, num_points, cache, "_kept_feature_components"
+            marginal = _cached_posterior(
+                self,
+                "hypothesis-marginal",
+                stats,
+                num_points,
+                cache,
+                "_marginal_feature_components",
             )
+            post = self._kept_feature_components(marginal)  # leading slots: views, no copy
             mean, half = self._feature_terms(post, x)
             return False, mean, half, None, post[2], post[3], None
         n = stats.x.shape[-2]

@@ -483,7 +483,16 @@ def _every_component_readout(memory, stats, n, xq):
     model average as ``HypothesisMemory``'s docstring states it."""
     from cmanp_bo.nn.regression import LOG_FLOOR
 
-    chol, alpha, w_rb, noise_w = memory._posterior(stats, n)
+    alpha, w_rb, noise_w = memory._posterior(stats, n)
+    gram = 0.5 * (stats.gram + stats.gram.transpose(-1, -2)).unsqueeze(-4)  # b x 1 x B x m x m
+    eye = torch.eye(gram.shape[-1], dtype=torch.float64)
+    chol = torch.linalg.cholesky(gram + memory.ratios[:, None, None, None] * eye)
+    torch.testing.assert_close(
+        alpha,
+        torch.cholesky_solve(
+            stats.moment.unsqueeze(-3).unsqueeze(-1).expand(*chol.shape[:-1], 1), chol
+        ).squeeze(-1),
+    )
     phi = memory.features(xq).unsqueeze(-4)  # b x 1 x B x t x m
     mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)
     half = torch.linalg.solve_triangular(chol, phi.transpose(-1, -2), upper=False)
