@@ -1,13 +1,15 @@
 """Profile one BO step of the benchmark's default ``cmanp`` surrogate on hartmann6 at n = 300.
 
-    python experiments/step_profile.py [--n 300] [--top 25] [--run DB ID] [--repeats 1]
+    python experiments/step_profile.py [--n 300] [--top 25] [--problem hartmann6_long]
+        [--run DB ID] [--repeats 1]
 
-300 (``--n``) uniform points of hartmann6_long (seed 0), or the first n points a stored run
-evaluated (``--run``: its results database and run id; any problem), the long suite's
+300 (``--n``) uniform points of hartmann6_long (``--problem``; seed 0), or the first n points
+a stored run evaluated (``--run``: its results database and run id), the long suite's
 acquisition settings (2 restarts, 128 raw samples), one torch thread; the model is built on
 all but the last point, then one ``ask`` on all of them is profiled (cProfile, cumulative
-time, top 25). ``--repeats k`` times k more asks on the same points (each a new step: the
-acquisition is reseeded) and prints their median. An ad-hoc diagnostic: nothing is written.
+time, top 25), with the step's peak RSS (reset just before it; Linux). ``--repeats k`` times
+k more asks on the same points (each a new step: the acquisition is reseeded) and prints
+their median. An ad-hoc diagnostic: nothing is written.
 """
 
 import argparse
@@ -21,6 +23,7 @@ import time
 import torch
 
 from cmanp_bo.bench.problems import get_problem
+from cmanp_bo.bench.runner import _peak_rss_mb, _reset_peak_rss
 from surrogates.registry import AcquisitionOptions, make_surrogate
 
 
@@ -43,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="observed points (>= 2)")
     parser.add_argument("--top", type=int, default=25, help="profile rows printed")
+    parser.add_argument("--problem", default="hartmann6_long", help="uniform points on it")
     parser.add_argument("--run", nargs=2, metavar=("DB", "ID"), help="a stored run's points")
     parser.add_argument("--repeats", type=int, default=0, help="further timed asks")
     args = parser.parse_args()
@@ -53,19 +57,22 @@ def main() -> None:
     if args.run:
         name, X, y = stored_points(args.run[0], int(args.run[1]), n)
     else:
-        name = "hartmann6_long"
+        name = args.problem
         g = torch.Generator().manual_seed(0)
-        X = torch.rand(n, 6, generator=g, dtype=torch.float64)
+        X = torch.rand(n, get_problem(name).dim, generator=g, dtype=torch.float64)
         y = get_problem(name).evaluate(X)
     p = get_problem(name)
     s = make_surrogate("cmanp", p.dim, 0, AcquisitionOptions(num_restarts=2, raw_samples=128))
     s.ask(X[:-1], y[:-1])  # build
+    if not _reset_peak_rss():
+        raise SystemExit("the step's peak RSS needs Linux /proc/self/clear_refs")
     pr = cProfile.Profile()
     t = time.perf_counter()
     pr.enable()
     s.ask(X, y)
     pr.disable()
-    print(f"{name}, n = {n}: ask {time.perf_counter() - t:.3f} s")
+    seconds, peak = time.perf_counter() - t, _peak_rss_mb(reset=True)
+    print(f"{name}, n = {n}: ask {seconds:.3f} s, the step's peak RSS {peak:.0f} MB")
     pstats.Stats(pr).sort_stats("cumulative").print_stats(args.top)
     times = []
     for _ in range(args.repeats):

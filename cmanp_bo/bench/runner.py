@@ -55,8 +55,10 @@ NETWORK_SURROGATES = ("cmanp", "tnp", "lbanp")  # their run keys name the networ
 # rounding in less memory (the memory's R x B Cholesky factors made one ratio at a time and
 # remade only for the kept components; ``best_baseline`` decodes 256 points at a time, not
 # 1024): a step's working memory at n = 2000-4000 at d = 2 about halves
-# (experiments/peer_step_cost.py).
-MODEL_REVISION = 4
+# (experiments/peer_step_cost.py). 5 (2026-12-08): the exact readout's factors (n <= 128)
+# likewise, one ratio at a time, the kept ones remade: a step's peak near n = 128 at d = 2
+# from 619 to 418 MB.
+MODEL_REVISION = 5
 
 # The networks on the outcome warp (``cmanp_bo.warp``) their model cards recommend: the copula
 # (rank) warp for the networks it was benchmarked best with (stop 19: on the standard suite it

@@ -652,15 +652,18 @@ class HypothesisMemory(_StreamedStatistics):
         z = xc.unsqueeze(-3) / ls[:, None, :]  # b x K x n x d
         kcc = torch.cat([scaled_kernel(kind, z, z) for kind in HYPOTHESIS_KERNELS], -3) + 1.0
         r, s = self.ratios.double(), self.scales.double()
-        eye = torch.eye(n, dtype=torch.float64, device=xc.device)
-        cov = kcc.unsqueeze(-4) + r[:, None, None, None] * eye  # b x R x B x n x n
-        chol, info = torch.linalg.cholesky_ex(cov)
-        failed = info > 0
-        chol = torch.where(failed[..., None, None], eye, chol)
-        y = yc.unsqueeze(-3).unsqueeze(-4)  # b x 1 x 1 x n x 1
-        alpha = torch.cholesky_solve(y.expand(*chol.shape[:-1], 1), chol)  # b x R x B x n x 1
-        fit = (y * alpha).sum((-1, -2))  # b x R x B
-        logdet = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
+        y = yc.unsqueeze(-3)  # b x 1 x n x 1
+        alphas, fits, logdets, fails = [], [], [], []
+        for ratio in r:  # one ratio's factors at a time: all R x B are 84 MB at n = 128
+            chol, failed = self._kernel_factors(kcc, ratio)  # b x B x n x n, b x B
+            alpha = torch.cholesky_solve(y.expand(*chol.shape[:-1], 1), chol)  # b x B x n x 1
+            alphas.append(alpha.squeeze(-1))
+            fits.append((y * alpha).sum((-1, -2)))
+            logdets.append(2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1))
+            fails.append(failed)
+            del chol
+        alpha, fit = torch.stack(alphas, -3), torch.stack(fits, -2)  # b x R x B (x n)
+        logdet, failed = torch.stack(logdets, -2), torch.stack(fails, -2)
         s_ = s[:, None]  # S x 1
         log_ev = -0.5 * (
             fit.unsqueeze(-2) / s_ + logdet.unsqueeze(-2) + n * s_.log() + n * math.log(2 * math.pi)
@@ -673,11 +676,21 @@ class HypothesisMemory(_StreamedStatistics):
         idx, weight, sig = _keep_heaviest(
             w_rb, sw_rb.flatten(-2), self.EXACT_COMPONENTS, self.EXACT_MIN_WEIGHT
         )
-        chol_k = _gather_components(chol.flatten(-4, -3), idx, 2)  # b x k x n x n
-        alpha_k = _gather_components(alpha.squeeze(-1).flatten(-3, -2), idx, 1)
+        alpha_k = _gather_components(alpha.flatten(-3, -2), idx, 1)  # b x k x n
         bank = idx % (len(HYPOTHESIS_KERNELS) * hyps)
+        chol_k, _ = self._kernel_factors(_gather_components(kcc, bank, 2), r[idx // kcc.shape[-3]])
         matern = bank >= hyps  # HYPOTHESIS_KERNELS' order: rbf banks, then matern
         return chol_k, alpha_k, weight, sig, ls[bank % hyps], matern, noise, xc
+
+    @staticmethod
+    def _kernel_factors(kcc: Tensor, ratio: Tensor) -> tuple[Tensor, Tensor]:
+        """Cholesky factors of ``kcc + ratio I`` (``ratio`` a scalar or one per matrix) and
+        where the factorisation failed (those factors: the identity)."""
+        eye = torch.eye(kcc.shape[-1], dtype=kcc.dtype, device=kcc.device)
+        ratio = ratio[..., None, None] if ratio.dim() else ratio
+        chol, info = torch.linalg.cholesky_ex(kcc + ratio * eye)
+        failed = info > 0
+        return torch.where(failed[..., None, None], eye, chol), failed
 
     def exact_readout(self, stats: HypothesisStats, x: Tensor, cache: dict | None = None) -> Tensor:
         """``readout`` computed exactly on the points the state holds: each (ratio, bank) an
