@@ -57,7 +57,7 @@ NETWORK_SURROGATES = ("cmanp", "tnp", "lbanp")  # their run keys name the networ
 # 1024): a step's working memory at n = 2000-4000 at d = 2 about halves
 # (experiments/peer_step_cost.py). 5 (2026-12-08): the exact readout's factors (n <= 128)
 # likewise, one ratio at a time, the kept ones remade: a step's peak near n = 128 at d = 2
-# from 619 to 418 MB.
+# from 682 to 443 MB (experiments/step_profile.py --problem ackley2_long --n 128).
 MODEL_REVISION = 5
 
 # The networks on the outcome warp (``cmanp_bo.warp``) their model cards recommend: the copula

@@ -174,6 +174,22 @@ def _keep_leading(top: Tensor, coef: Tensor, min_share: float) -> tuple[Tensor, 
     return top / total, coef * kept / total
 
 
+def _mixture_readout(
+    mean: Tensor, var: Tensor, weight: Tensor, coef: Tensor, noise: Tensor, dtype: torch.dtype
+) -> Tensor:
+    """The hypothesis memory's readout from its kept components: per target the mixture's
+    mean, log std of the function and log std of the noise (``... x t x 3`` in ``dtype``).
+    ``mean`` and ``var`` (each component's mean and unit-scale variance) are ``... x k x t``,
+    ``weight`` and ``coef`` (the variance's coefficient) ``... x k``, ``noise`` ``...``."""
+    w = weight.unsqueeze(-1)
+    avg_mean = (w * mean).sum(-2)
+    second = (w * mean.pow(2)).sum(-2)
+    avg_var = ((coef.unsqueeze(-1) * var).sum(-2) + second - avg_mean.pow(2)).clamp_min(0)
+    noise = noise[..., None].expand_as(avg_mean)
+    parts = [avg_mean, 0.5 * (avg_var + LOG_FLOOR).log(), 0.5 * noise.log()]
+    return torch.stack(parts, -1).to(dtype)
+
+
 def _gather_components(values: Tensor, idx: Tensor, trailing: int) -> Tensor:
     """``values`` (``batch x C x ...`` with ``trailing`` trailing dims) at the component
     indices ``idx`` (``batch x k``)."""
@@ -475,7 +491,7 @@ class HypothesisMemory(_StreamedStatistics):
     #: at least this share of the heaviest one's weight: the dropped ones' total is at most
     #: ``R B`` times it (6.4e-10 for 5 ratios x 128 banks), below float32's resolution, and
     #: as the evidence sharpens with n few components are left (hartmann6, uniform points:
-    #: about 146 of 640 at n = 130, 80 at 300, 8 at 600)
+    #: 162 of 640 at n = 130, 95 at 300, 6 at 600; experiments/readout_pruning.py)
     MARGINAL_MIN_WEIGHT = 1e-12
 
     def __init__(
@@ -572,16 +588,19 @@ class HypothesisMemory(_StreamedStatistics):
         """``G``, symmetrised: ``batch x B x m x m`` (float64)."""
         return 0.5 * (stats.gram + stats.gram.transpose(-1, -2))
 
-    def _posterior(self, stats: RegressionStats, num_points: int) -> tuple[Tensor, ...]:
+    def _posterior(
+        self, stats: RegressionStats, num_points: int, gram: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
         """Per ratio and bank ``A^{-1} M`` and two sums of the settings' evidence weights over
         the scales: the weight of each (ratio, bank), which the mean needs, and its expected
         noise variance ``sum_s w r s``, which scales the function variance (float64, ``batch
         x R x B``). The Cholesky factors of ``G + r I`` are made one ratio at a time and not
         kept (all of them are 5 x 128 x 65^2 doubles, 22 MB per task, for 64 hypotheses of
-        64 features); ``_factors`` remakes those of the components a readout keeps."""
+        64 features); ``_factors`` remakes those of the components a readout keeps.
+        ``gram``: ``_gram(stats)``, where the caller has it."""
         m, n = self.num_features, num_points
         r, s = self.ratios, self.scales
-        gram = self._gram(stats)  # b x B x m x m
+        gram = self._gram(stats) if gram is None else gram  # b x B x m x m
         eye = torch.eye(m, dtype=torch.float64, device=gram.device)
         moment = stats.moment.unsqueeze(-1)  # b x B x m x 1
         alphas, fits, logdets = [], [], []
@@ -607,11 +626,11 @@ class HypothesisMemory(_StreamedStatistics):
         noise_w = (w * lam).sum(-2)  # b x R x B
         return alpha, w.sum(-2), noise_w
 
-    def _factors(self, stats: RegressionStats, idx: Tensor) -> Tensor:
-        """Cholesky factors of ``G + r I`` for the (ratio, bank) components ``idx`` (``batch
-        x k``, indices into the flattened ``R x B`` grid): ``batch x k x m x m``."""
+    def _factors(self, gram: Tensor, idx: Tensor) -> Tensor:
+        """Cholesky factors of ``G + r I`` (``gram``: ``_gram(stats)``) for the (ratio, bank)
+        components ``idx`` (``batch x k``, indices into the flattened ``R x B`` grid):
+        ``batch x k x m x m``."""
         n_b, m = self.num_banks, self.num_features
-        gram = self._gram(stats)
         gram = _gather_components(gram.expand(*idx.shape[:-1], n_b, m, m), idx % n_b, 2)
         eye = torch.eye(m, dtype=torch.float64, device=gram.device)
         ratio = self.ratios[idx // n_b]  # batch x k
@@ -629,14 +648,8 @@ class HypothesisMemory(_StreamedStatistics):
             self, "hypothesis-marginal", stats, num_points, cache, "_marginal_feature_components"
         )
         mean, half = self._feature_terms(post, x.double())  # b x k x n, b x k x m x n
-        weight, coef = post[2].unsqueeze(-1), post[3]  # the mean does not depend on s
-        avg_mean = (weight * mean).sum(-2)
-        second = (weight * mean.pow(2)).sum(-2)
-        var_f = (coef.unsqueeze(-1) * half.pow(2).sum(-2)).sum(-2)
-        avg_var = (var_f + second - avg_mean.pow(2)).clamp_min(0)
-        noise = coef.sum(-1)[..., None].expand_as(avg_mean)
-        parts = [avg_mean, 0.5 * (avg_var + LOG_FLOOR).log(), 0.5 * noise.log()]
-        return torch.stack(parts, -1).to(x.dtype)
+        weight, coef = post[2], post[3]  # the mean does not depend on s
+        return _mixture_readout(mean, half.pow(2).sum(-2), weight, coef, coef.sum(-1), x.dtype)
 
     def _exact_posterior(self, stats: HypothesisStats, num_points: int) -> tuple[Tensor, ...]:
         """The kernel form of ``_posterior`` on the kept points (the random features' limit):
@@ -677,8 +690,9 @@ class HypothesisMemory(_StreamedStatistics):
             w_rb, sw_rb.flatten(-2), self.EXACT_COMPONENTS, self.EXACT_MIN_WEIGHT
         )
         alpha_k = _gather_components(alpha.flatten(-3, -2), idx, 1)  # b x k x n
-        bank = idx % (len(HYPOTHESIS_KERNELS) * hyps)
-        chol_k, _ = self._kernel_factors(_gather_components(kcc, bank, 2), r[idx // kcc.shape[-3]])
+        n_b = kcc.shape[-3]  # banks: len(HYPOTHESIS_KERNELS) x hyps
+        bank = idx % n_b
+        chol_k, _ = self._kernel_factors(_gather_components(kcc, bank, 2), r[idx // n_b])
         matern = bank >= hyps  # HYPOTHESIS_KERNELS' order: rbf banks, then matern
         return chol_k, alpha_k, weight, sig, ls[bank % hyps], matern, noise, xc
 
@@ -701,13 +715,7 @@ class HypothesisMemory(_StreamedStatistics):
         noise = _cached_posterior(self, "hypothesis-exact", stats, n, cache, "_exact_posterior")[6]
         _, mean, half, _, weight, sig, _ = self._component_terms(stats, n, x, cache)
         var_k = (2.0 - half.pow(2).sum(-2)).clamp_min(0)  # unit kernel + 1 at the target
-        w = weight.unsqueeze(-1)
-        avg_mean = (w * mean).sum(-2)
-        second = (w * mean.pow(2)).sum(-2)
-        avg_var = ((sig.unsqueeze(-1) * var_k).sum(-2) + second - avg_mean.pow(2)).clamp_min(0)
-        noise = noise[..., None].expand_as(avg_mean)
-        parts = [avg_mean, 0.5 * (avg_var + LOG_FLOOR).log(), 0.5 * noise.log()]
-        return torch.stack(parts, -1).to(x.dtype)
+        return _mixture_readout(mean, var_k, weight, sig, noise, x.dtype)
 
     # ------------------------------------------------------------------ joint covariance
     def _marginal_feature_components(self, stats: RegressionStats, num_points: int) -> tuple:
@@ -716,13 +724,14 @@ class HypothesisMemory(_StreamedStatistics):
         (the rest hold at most ``R B MARGINAL_MIN_WEIGHT`` of the total between them), the
         heaviest first: factors of ``G + r I``, ``A^{-1} M``, weights and coefficients
         ``E[r s]`` (renormalised over the kept ones) and bank indices."""
-        alpha, w_rb, noise_w = self._posterior(stats, num_points)
+        gram = self._gram(stats)
+        alpha, w_rb, noise_w = self._posterior(stats, num_points, gram)
         batch, (n_r, n_b), m = w_rb.shape[:-2], w_rb.shape[-2:], alpha.shape[-1]
         idx, weight, coef = _keep_heaviest(
             w_rb.flatten(-2), noise_w.flatten(-2), n_r * n_b, self.MARGINAL_MIN_WEIGHT
         )
         alpha_k = _gather_components(alpha.expand(*batch, n_r, n_b, m).flatten(-3, -2), idx, 1)
-        return self._factors(stats, idx), alpha_k, weight, coef, idx % n_b
+        return self._factors(gram, idx), alpha_k, weight, coef, idx % n_b
 
     def _kept_feature_components(self, marginal: tuple) -> tuple:
         """The joint correlation's components, as ``_exact_posterior`` keeps them: of the

@@ -479,29 +479,21 @@ def test_a_task_view_is_kept_so_that_rebuilt_models_reuse_cached_states(tmp_path
 
 
 def _every_component_readout(memory, stats, n, xq):
-    """The random-feature readout summed over every (ratio, bank) component, unpruned: the
-    model average as ``HypothesisMemory``'s docstring states it."""
-    from cmanp_bo.nn.regression import LOG_FLOOR
+    """The random-feature readout summed over every (ratio, bank) component, unpruned
+    (``experiments/readout_pruning.py``'s reference), its ``A^{-1} M`` checked."""
+    from tests.helpers import load_experiment
 
-    alpha, w_rb, noise_w = memory._posterior(stats, n)
-    gram = 0.5 * (stats.gram + stats.gram.transpose(-1, -2)).unsqueeze(-4)  # b x 1 x B x m x m
-    eye = torch.eye(gram.shape[-1], dtype=torch.float64)
-    chol = torch.linalg.cholesky(gram + memory.ratios[:, None, None, None] * eye)
+    out, w_rb, chol = load_experiment("readout_pruning").every_component_readout(
+        memory, stats, n, xq
+    )
+    alpha = memory._posterior(stats, n)[0]
     torch.testing.assert_close(
         alpha,
         torch.cholesky_solve(
             stats.moment.unsqueeze(-3).unsqueeze(-1).expand(*chol.shape[:-1], 1), chol
         ).squeeze(-1),
     )
-    phi = memory.features(xq).unsqueeze(-4)  # b x 1 x B x t x m
-    mean = (phi @ alpha.unsqueeze(-1)).squeeze(-1)
-    half = torch.linalg.solve_triangular(chol, phi.transpose(-1, -2), upper=False)
-    avg = (w_rb.unsqueeze(-1) * mean).sum((-3, -2))
-    second = (w_rb.unsqueeze(-1) * mean.pow(2)).sum((-3, -2))
-    var_f = (noise_w.unsqueeze(-1) * half.pow(2).sum(-2)).sum((-3, -2))
-    var = (var_f + second - avg.pow(2)).clamp_min(0)
-    noise = noise_w.sum((-2, -1))[..., None].expand_as(avg)
-    return torch.stack([avg, 0.5 * (var + LOG_FLOOR).log(), 0.5 * noise.log()], -1), w_rb
+    return out, w_rb
 
 
 def test_marginal_feature_readout_drops_only_negligible_components():
